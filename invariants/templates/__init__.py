@@ -1,0 +1,2 @@
+"""Built-in invariant templates; importing this package registers them all."""
+from invariants.templates import basic, relational, block, temporal  # noqa: F401

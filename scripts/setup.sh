@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates the virtual environment and installs invar with its test extras.
+# torch: the tested version is pinned (TORCH_VERSION, default 2.13.0). A torch that is
+# already importable by $PY is kept (set KEEP_TORCH=0 to force the pin); the venv then
+# sees it through --system-site-packages.
+set -euo pipefail
+PY=${PY:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+KEEP_TORCH=${KEEP_TORCH:-1}
+
+if [ "$KEEP_TORCH" = 1 ] && "$PY" -c 'import torch' >/dev/null 2>&1; then
+  echo "setup: keeping the torch already installed for $PY ($("$PY" -c 'import torch; print(torch.__version__)'))"
+  "$PY" -m venv --system-site-packages "$VENV"
+else
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+fi
+"$VENV/bin/pip" install -q -e ".[test]"
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,53 @@
+"""Reversible patches of torch entry points the tracer needs beyond torch's global hooks.
+
+Each patch is installed inside a session's ExitStack and removed when it exits, error or
+not; the wrappers call the original first-class and never change arguments or results.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator
+
+import torch.nn.functional as F
+
+# Functional losses (loss modules call these too, through `F.<name>`).
+LOSS_FUNCTIONS = (
+    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
+    "cosine_embedding_loss", "margin_ranking_loss", "multi_margin_loss",
+)
+CLASSIFICATION_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
+
+
+@contextlib.contextmanager
+def patched(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """Replaces `owner.name` by `make(original)` for the duration of the block."""
+    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    wrapper = make(original)
+    if callable(original) and not isinstance(original, (staticmethod, classmethod)):
+        functools.update_wrapper(wrapper, original)
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def loss_patches(stack: contextlib.ExitStack, on_loss: Callable[[str, tuple, Any], None]) -> None:
+    """Wraps every functional loss so `on_loss(name, (input, target), result)` sees it."""
+    for name in LOSS_FUNCTIONS:
+        if not hasattr(F, name):
+            continue
+
+        def make(original: Callable[..., Any], name: str = name) -> Callable[..., Any]:
+            def loss(*args: Any, **kwargs: Any) -> Any:
+                result = original(*args, **kwargs)
+                pair = list(args[:2])
+                for key in ("input", "target")[len(pair):]:
+                    pair.append(kwargs.get(key))
+                on_loss(name, tuple(pair), result)
+                return result
+            return loss
+
+        stack.enter_context(patched(F, name, make))

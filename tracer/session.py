@@ -1,0 +1,587 @@
+"""TraceSession: global torch hooks, installed only inside a `with` block, that observe a
+training run and emit named observations (see docs/observations.md).
+
+The session observes, never changes: no RNG is consumed, no tensor is moved or modified,
+no mode or `requires_grad` flag is touched, and an exception inside an observer is
+recorded as a `tracer.fault` observation and silences that observer, never reaching the
+user's program. Statistics are reduced on the tensor's device and gathered once per
+flush (see stats.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import torch
+import torch.optim.optimizer as optimizer_module
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from tracer import data as datamod
+from tracer import stats
+from tracer.blocks import ACTIVATIONS, RECTIFIERS, block_map, numel
+from tracer.graph import GraphRecord, capture, output_shapes
+from tracer.patches import CLASSIFICATION_LOSSES, loss_patches, patched
+from tracer.store import Row
+
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+class StepBudgetReached(BaseException):
+    """Ends the traced script after the requested number of optimizer steps.
+
+    A BaseException so that a script's own `except Exception` cannot swallow it."""
+
+
+class StopRequested(BaseException):
+    """Ends the traced script because a listener asked (e.g. `check --fail-fast`)."""
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What to observe and how densely."""
+
+    steps: int = 0            # optimizer steps before the run is ended; 0: run to the end
+    dense_steps: int = 50     # every step below this is observed ...
+    sample_every: int = 10    # ... then every sample_every-th step
+    eval_batches: int = 4     # eval batches observed per eval pass
+    block_depth: int = 1      # module levels below the root that form blocks
+    activations: bool = True  # dead-unit fraction and range per activation module
+
+
+class Pending:
+    """Statistics of one flush: tensors gathered with one transfer, rows built afterwards."""
+
+    def __init__(self) -> None:
+        self.parts: List[torch.Tensor] = []
+        self.builders: List[Tuple[int, Callable[[List[float]], List[Row]]]] = []
+        self.rows: List[Row] = []
+
+    def tensor(self, t: torch.Tensor, build: Callable[[List[float]], List[Row]]) -> None:
+        flat = t.detach().reshape(-1).float()
+        self.parts.append(flat)
+        self.builders.append((flat.numel(), build))
+
+    def stats(self, step: int, phase: str, prefix: str, st: Optional[stats.Stats]) -> None:
+        if st is None or not st[0]:
+            return
+        names, t = st
+        self.tensor(t, lambda v: [_row(step, phase, prefix + n, x) for n, x in zip(names, v)])
+
+    def value(self, step: int, phase: str, variable: str, value: Any) -> None:
+        self.rows.append(_row(step, phase, variable, value))
+
+    def resolve(self) -> List[Row]:
+        rows = self.rows
+        if self.parts:
+            by_device: Dict[torch.device, List[int]] = {}
+            for i, p in enumerate(self.parts):
+                by_device.setdefault(p.device, []).append(i)
+            values: List[List[float]] = [[] for _ in self.parts]
+            for idx in by_device.values():
+                flat = torch.cat([self.parts[i] for i in idx]).cpu().tolist()
+                pos = 0
+                for i in idx:
+                    n = self.parts[i].numel()
+                    values[i] = flat[pos:pos + n]
+                    pos += n
+            for (n, build), v in zip(self.builders, values):
+                rows.extend(build(v))
+        self.parts, self.builders, self.rows = [], [], []
+        return rows
+
+
+def _row(step: int, phase: str, variable: str, value: Any) -> Row:
+    if isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, (int, float)):
+        v = float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            return (step, phase, variable, None, str(v))
+        return (step, phase, variable, v, None)
+    return (step, phase, variable, None, None if value is None else str(value))
+
+
+class TraceSession:
+    """Installs the tracer's hooks for the duration of a `with` block.
+
+    `sink(rows)` receives observations at every flush (once per observed optimizer step
+    and at the end). `on_first_forward(model, args)` runs once, with the tracer quiet,
+    when the root model is first called (the static phase of `check`).
+    """
+
+    def __init__(self, config: TraceConfig, sink: Callable[[List[Row]], None],
+                 on_first_forward: Optional[Callable[[nn.Module, tuple], None]] = None):
+        self.config = config
+        self.sink = sink
+        self.on_first_forward = on_first_forward
+        self.step = 0
+        self.faults: List[str] = []
+        self.graph: Optional[GraphRecord] = None
+        self.graph_error: Optional[str] = None
+        self.phases: Set[str] = set()
+        self.variables: Set[str] = set()
+        self.stop_reason: Optional[str] = None
+        self._quiet = 0
+        self._disabled: Set[str] = set()
+        self._stack: Optional[contextlib.ExitStack] = None
+        self._pending = Pending()
+        self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self._primary: Optional[weakref.ref] = None
+        self._root: Optional[weakref.ref] = None
+        self._names: Dict[int, str] = {}
+        self._in_root = False
+        self._depth = 0
+        self._recording: Optional[str] = None  # phase of the root call being recorded
+        self._phase = "train"
+        self._seen_this_step: Set[Tuple[str, str]] = set()
+        self._eval_seen = 0
+        self._module_calls: Optional[List[Tuple[str, str, List[List[int]]]]] = None
+        self._first_forward_done = False
+        self._loaders: "weakref.WeakValueDictionary[int, DataLoader]" = weakref.WeakValueDictionary()
+        self._roles: Dict[int, str] = {}
+        self._examined: Set[int] = set()
+        self._current_loader: Optional[int] = None
+        self._zero_grad_calls = 0
+        self._snapshot: Optional[Tuple[List[torch.Tensor], List[torch.Tensor], List[str]]] = None
+        self._step_started = time.perf_counter()
+        self._rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    # -- installation -----------------------------------------------------------------
+    def __enter__(self) -> "TraceSession":
+        s = contextlib.ExitStack()
+        mod = torch.nn.modules.module
+        s.callback(mod.register_module_forward_pre_hook(self._pre_forward).remove)
+        s.callback(mod.register_module_forward_hook(self._post_forward, always_call=True).remove)
+        opt = optimizer_module
+        s.callback(opt.register_optimizer_step_pre_hook(self._pre_step).remove)
+        s.callback(opt.register_optimizer_step_post_hook(self._post_step).remove)
+        session = self
+
+        def optimizer_init(original: Callable[..., Any]) -> Callable[..., Any]:
+            def __init__(self_: Any, *args: Any, **kwargs: Any) -> None:
+                original(self_, *args, **kwargs)
+                session._optimizers.add(self_)
+            return __init__
+
+        def zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
+            def zero_grad(self_: Any, *args: Any, **kwargs: Any) -> Any:
+                session._zero_grad_calls += 1
+                return original(self_, *args, **kwargs)
+            return zero_grad
+
+        def loader_init(original: Callable[..., Any]) -> Callable[..., Any]:
+            def __init__(self_: Any, *args: Any, **kwargs: Any) -> None:
+                original(self_, *args, **kwargs)
+                session._guard("loader", session._register_loader, self_)
+            return __init__
+
+        def loader_iter(original: Callable[..., Any]) -> Callable[..., Any]:
+            def __iter__(self_: Any) -> Any:
+                it = original(self_)
+                session._guard("loader", session._loader_iterated, self_, it)
+                return it
+            return __iter__
+
+        def iter_next(original: Callable[..., Any]) -> Callable[..., Any]:
+            def __next__(self_: Any) -> Any:
+                session._current_loader = getattr(self_, "_invar_loader", session._current_loader)
+                return original(self_)
+            return __next__
+
+        s.enter_context(patched(torch.optim.Optimizer, "__init__", optimizer_init))
+        s.enter_context(patched(torch.optim.Optimizer, "zero_grad", zero_grad))
+        s.enter_context(patched(nn.Module, "zero_grad", zero_grad))
+        s.enter_context(patched(DataLoader, "__init__", loader_init))
+        s.enter_context(patched(DataLoader, "__iter__", loader_iter))
+        s.enter_context(patched(_BaseDataLoaderIter, "__next__", iter_next))
+        loss_patches(s, lambda name, pair, result: self._guard("loss", self._loss, name, pair, result))
+        self._stack = s
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._stack is not None
+        self._stack.close()
+        self._stack = None
+        self.flush()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Any:
+        """The tracer ignores everything inside (its own analyses run model code)."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    def request_stop(self, reason: str) -> None:
+        """Ends the run at the next optimizer step (listeners call this)."""
+        self.stop_reason = reason
+
+    # -- fault isolation --------------------------------------------------------------
+    def _guard(self, observer: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._quiet or observer in self._disabled:
+            return None
+        self._quiet += 1
+        try:
+            return fn(*args)
+        except Exception as e:  # an observer fault must never reach the user's program
+            self._disabled.add(observer)
+            msg = f"{observer}: {type(e).__name__}: {e}"[:500]
+            self.faults.append(msg)
+            self._pending.value(self.step, "train", "tracer.fault", msg)
+            return None
+        finally:
+            self._quiet -= 1
+
+    # -- step accounting --------------------------------------------------------------
+    def observed(self, step: int) -> bool:
+        c = self.config
+        return step < c.dense_steps or (c.sample_every > 0 and step % c.sample_every == 0)
+
+    def flush(self) -> None:
+        rows = self._pending.resolve()
+        if rows:
+            for r in rows:
+                self.variables.add(r[2])
+                self.phases.add(r[1])
+            self.sink(rows)
+
+    @property
+    def root(self) -> Optional[nn.Module]:
+        return self._root() if self._root is not None else None
+
+    def _optimizer_param_ids(self) -> Set[int]:
+        return {id(p) for o in self._optimizers for g in o.param_groups for p in g["params"]}
+
+    def _pick_root(self, module: nn.Module) -> bool:
+        held = self._optimizer_param_ids()
+        if held and any(id(p) in held for p in module.parameters()):
+            self._root = weakref.ref(module)
+            self._names = {id(m): n for n, m in module.named_modules()}
+            return True
+        return False
+
+    # -- forward hooks ----------------------------------------------------------------
+    def _pre_forward(self, module: nn.Module, args: tuple) -> None:
+        if self._quiet:
+            return
+        self._depth += 1
+        if self._depth == 1 and not self._in_root:
+            root = self.root
+            if root is None and self._optimizers:
+                self._guard("root", self._pick_root, module)
+                root = self.root
+            if module is root:
+                self._in_root = True
+                self._guard("input", self._root_called, module, args)
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._quiet:
+            return
+        self._depth = max(0, self._depth - 1)
+        if not self._in_root:
+            return
+        if self._depth == 0 and module is self.root:
+            self._in_root = False
+            if self._recording is not None:
+                self._guard("output", self._root_output, output)
+                if self._module_calls is not None:
+                    self._guard("graph", self._capture_graph, module)
+            self._recording = None
+            return
+        if self._recording is not None:
+            self._guard("module", self._module_output, module, output)
+
+    def _root_called(self, root: nn.Module, args: tuple) -> None:
+        phase = "train" if (root.training and torch.is_grad_enabled()) else "eval"
+        self._phase = phase
+        if not self._first_forward_done:
+            self._first_forward_done = True
+            self._step_started = time.perf_counter()  # step 0 starts here, not at import time
+            if self.on_first_forward is not None:
+                with self.quiet():
+                    self.on_first_forward(root, args)
+            self._module_calls = []
+        if phase == "train":
+            if not self.observed(self.step) or ("train", "input") in self._seen_this_step:
+                return
+        else:
+            if self._eval_seen >= self.config.eval_batches:
+                return
+            self._eval_seen += 1
+            self._examine_loader_late()
+        self._seen_this_step.add((phase, "input"))
+        self._recording = phase
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        p, step = self._pending, self.step
+        if x is not None:
+            p.value(step, phase, "input.shape", stats.shape_text(x.shape[1:]))
+            p.value(step, phase, "input.batch", x.shape[0] if x.dim() else 1)
+            p.value(step, phase, "input.dtype", stats.dtype_text(x.dtype))
+            if x.is_floating_point() and x.dim() >= 3:
+                p.value(step, phase, "input.side", x.shape[-1])
+            p.stats(step, phase, "input.", stats.input_stats(x))
+        p.value(step, phase, "model.training", root.training)
+        dropouts = [m.training for m in root.modules() if isinstance(m, DROPOUTS)]
+        if dropouts:
+            p.value(step, phase, "model.dropout_active", sum(dropouts) / len(dropouts))
+        loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
+        if loader is not None:
+            role = self._roles.get(id(loader)) or ("eval" if phase == "eval" else None)
+            if role == "eval":
+                self._roles[id(loader)] = "eval"
+                p.value(step, phase, "loader.eval.batch_size", datamod.loader_batch_size(loader))
+        if phase == "train" and self.step > 0:
+            p.value(step, phase, "optim.zero_grad_calls", self._zero_grad_calls)
+
+    def _root_output(self, output: Any) -> None:
+        out = output
+        if isinstance(out, (tuple, list)):
+            out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+        elif isinstance(out, dict):
+            out = next((o for o in out.values() if isinstance(o, torch.Tensor)), None)
+        elif not isinstance(out, torch.Tensor):
+            out = getattr(out, "logits", None)
+        if not isinstance(out, torch.Tensor):
+            return
+        phase, step, p = self._recording or "train", self.step, self._pending
+        p.value(step, phase, "output.shape", stats.shape_text(out.shape[1:]))
+        if out.dim() >= 1:
+            p.value(step, phase, "output.width", out.shape[-1])
+        p.stats(step, phase, "output.", stats.output_stats(out))
+
+    def _module_output(self, module: nn.Module, output: Any) -> None:
+        name = self._names.get(id(module))
+        if name is None:
+            root = self.root
+            if root is not None:
+                self._names = {id(m): n for n, m in root.named_modules()}
+                name = self._names.get(id(module), f"?{type(module).__name__}")
+        if self._module_calls is not None:
+            self._module_calls.append((name, type(module).__name__, output_shapes(output)))
+        if (self.config.activations and self._recording == "train" and isinstance(module, ACTIVATIONS)
+                and isinstance(output, torch.Tensor) and ("act", name) not in self._seen_this_step):
+            self._seen_this_step.add(("act", name))
+            self._pending.stats(self.step, "train", f"act.{name}.",
+                                stats.activation_stats(output, isinstance(module, RECTIFIERS)))
+
+    def _capture_graph(self, root: nn.Module) -> None:
+        calls, self._module_calls = self._module_calls or [], None
+        with self.quiet():
+            self.graph = capture(root, calls)
+
+    # -- losses -----------------------------------------------------------------------
+    def _loss(self, name: str, pair: tuple, result: Any) -> None:
+        if self._in_root or self.root is None:
+            return
+        phase = self._phase
+        if phase == "train" and not self.observed(self.step):
+            return
+        if (phase, "loss") in self._seen_this_step and phase == "train":
+            return
+        self._seen_this_step.add((phase, "loss"))
+        p, step = self._pending, self.step
+        inp, target = pair
+        shapes = [stats.shape_text(t.shape) for t in (inp, target) if isinstance(t, torch.Tensor)]
+        p.value(step, phase, "loss.input_shapes", ",".join(shapes))
+        if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
+            p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
+            if name in CLASSIFICATION_LOSSES:
+                p.stats(step, phase, "label.", stats.label_stats(target))
+                p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
+        if isinstance(result, torch.Tensor) and result.numel() > 0:
+            p.tensor(result.detach().float().mean(),
+                     lambda v, step=step, phase=phase: [_row(step, phase, "loss.value", v[0])])
+
+    # -- data loaders -----------------------------------------------------------------
+    def _register_loader(self, loader: DataLoader) -> None:
+        self._loaders[id(loader)] = loader
+
+    def _loader_iterated(self, loader: DataLoader, it: Any) -> None:
+        self._loaders[id(loader)] = loader
+        it._invar_loader = id(loader)
+        self._current_loader = id(loader)
+        self._eval_seen = 0
+
+    def _examine_data(self, train: DataLoader) -> None:
+        """Overlap and dataset statistics of the train loader vs every other loader."""
+        p, step = self._pending, self.step
+        if id(train) not in self._examined:
+            self._examined.add(id(train))
+            self._peek(train, "train")
+        for other in list(self._loaders.values()):
+            if other is train or id(other) in self._examined or self._roles.get(id(other)) == "train":
+                continue
+            self._examined.add(id(other))
+            ov = datamod.overlap(train.dataset, other.dataset)
+            p.value(step, "eval", "data.overlap", ov.count)
+            p.value(step, "eval", "data.overlap_fraction", ov.count / max(1, ov.eval_size))
+            self._peek(other, "eval")
+
+    def _examine_loader_late(self) -> None:
+        # An eval loader created after the first step is examined when first used.
+        cur = self._current_loader
+        if cur is None or cur in self._examined:
+            return
+        train = next((self._loaders.get(i) for i, r in self._roles.items() if r == "train"
+                      and self._loaders.get(i) is not None), None)
+        if train is not None:
+            self._examine_data(train)
+
+    def _peek(self, loader: DataLoader, role: str) -> None:
+        pk = datamod.peek(loader.dataset)
+        p, step = self._pending, self.step
+        if pk.inputs is not None and pk.inputs.is_floating_point():
+            p.stats(step, role, f"data.{role}.", stats.input_stats(pk.inputs))
+        if pk.labels is not None and not pk.labels.is_floating_point() and pk.labels.numel():
+            p.value(step, role, f"data.{role}.label_max", int(pk.labels.max()))
+            p.value(step, role, f"data.{role}.classes", int(torch.unique(pk.labels).numel()))
+
+    # -- optimizer hooks --------------------------------------------------------------
+    def _is_primary(self, optimizer: torch.optim.Optimizer) -> bool:
+        if self._primary is None:
+            self._primary = weakref.ref(optimizer)
+        return self._primary() is optimizer
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._quiet or not self._is_primary(optimizer):
+            return
+        if self.observed(self.step):
+            self._guard("blocks", self._block_stats, optimizer)
+            self._guard("optimizer", self._optimizer_stats, optimizer)
+            loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
+            if loader is not None:
+                self._roles[id(loader)] = "train"
+                self._pending.value(self.step, "train", "loader.train.batch_size",
+                                    datamod.loader_batch_size(loader))
+                self._guard("data", self._examine_data, loader)
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._quiet or not self._is_primary(optimizer):
+            return
+        if self._snapshot is not None:
+            self._guard("update", self._update_ratio)
+        now = time.perf_counter()
+        if self.observed(self.step):
+            p = self._pending
+            p.value(self.step, "train", "step.time", now - self._step_started)
+            p.value(self.step, "train", "step.peak_mem", self._peak_memory())
+        self._step_started = now
+        self.flush()
+        self.step += 1
+        self._seen_this_step.clear()
+        self._zero_grad_calls = 0
+        self._eval_seen = 0
+        if self.stop_reason is not None:
+            raise StopRequested(self.stop_reason)
+        if self.config.steps and self.step >= self.config.steps:
+            raise StepBudgetReached(self.step)
+
+    def _peak_memory(self) -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return float(torch.cuda.max_memory_allocated())
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return float(max(0, rss - self._rss0) * 1024)
+
+    def _block_stats(self, optimizer: torch.optim.Optimizer) -> None:
+        root = self.root
+        if root is None:
+            return
+        held = self._optimizer_param_ids()
+        bm = block_map(root, self.config.block_depth)
+        step, p = self.step, self._pending
+        grads: List[torch.Tensor] = []
+        layout: List[Tuple[str, List[Tuple[int, Optional[int]]]]] = []
+        for block in bm.names:
+            params = bm.params[block]
+            trainable = [(n, q) for n, q in params if q.requires_grad]
+            total, n_train = numel(params), numel(trainable)
+            prefix = f"block.{block}."
+            p.value(step, "train", prefix + "params", total)
+            p.value(step, "train", prefix + "trainable_fraction", n_train / total if total else 0.0)
+            if not n_train:
+                continue
+            p.value(step, "train", prefix + "in_optimizer_fraction",
+                    sum(q.numel() for _, q in trainable if id(q) in held) / n_train)
+            entries = []
+            for _, q in trainable:
+                if q.grad is None:
+                    entries.append((q.numel(), None))
+                else:
+                    entries.append((q.numel(), len(grads)))
+                    grads.append(q.grad.detach())
+            layout.append((prefix, entries))
+        if grads:
+            p.tensor(stats.norms(grads), lambda v: _grad_rows(step, layout, v))
+        else:
+            p.rows.extend(_grad_rows(step, layout, []))
+        snap = [(block, q) for block in bm.names for _, q in bm.params[block]
+                if q.requires_grad and q.grad is not None and id(q) in held]
+        if snap:
+            with torch.no_grad():
+                self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
+                                  [b for b, _ in snap])
+
+    def _update_ratio(self) -> None:
+        before, params, keys = self._snapshot
+        self._snapshot = None
+        with torch.no_grad():
+            after = [q.detach() for q in params]
+            delta = torch._foreach_sub(after, before)
+            dn = stats.norms(delta)
+            wn = stats.norms(before)
+        step = self.step
+
+        def build(v: List[float]) -> List[Row]:
+            n = len(keys)
+            d2: Dict[str, float] = {}
+            w2: Dict[str, float] = {}
+            for k, dv, wv in zip(keys, v[:n], v[n:]):
+                d2[k] = d2.get(k, 0.0) + dv * dv
+                w2[k] = w2.get(k, 0.0) + wv * wv
+            return [_row(step, "train", f"block.{k}.update_ratio",
+                         (d2[k] ** 0.5) / (w2[k] ** 0.5) if w2[k] > 0 else 0.0) for k in d2]
+
+        self._pending.tensor(torch.cat([dn, wn.to(dn.device)]), build)
+
+    def _optimizer_stats(self, optimizer: torch.optim.Optimizer) -> None:
+        p, step = self._pending, self.step
+        p.value(step, "train", "optim.type", type(optimizer).__name__)
+        p.value(step, "train", "optim.groups", len(optimizer.param_groups))
+        lrs = []
+        for i, g in enumerate(optimizer.param_groups):
+            for key, val in g.items():
+                if key == "params":
+                    continue
+                if isinstance(val, torch.Tensor) and val.numel() == 1:
+                    val = float(val)
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    p.value(step, "train", f"optim.g{i}.{key}", val)
+                elif isinstance(val, (tuple, list)) and val and all(isinstance(x, (int, float)) for x in val):
+                    for j, x in enumerate(val):
+                        p.value(step, "train", f"optim.g{i}.{key}{j}", x)
+            lr = g.get("lr")
+            if isinstance(lr, torch.Tensor):
+                lr = float(lr)
+            if isinstance(lr, (int, float)):
+                lrs.append(float(lr))
+        if lrs:
+            p.value(step, "train", "optim.lr_max", max(lrs))
+
+
+def _grad_rows(step: int, layout: List[Tuple[str, List[Tuple[int, Optional[int]]]]],
+               norms: List[float]) -> List[Row]:
+    rows: List[Row] = []
+    for prefix, entries in layout:
+        total = sum(n for n, _ in entries)
+        missing = sum(n for n, i in entries if i is None or norms[i] == 0.0)
+        sq = sum(norms[i] ** 2 for _, i in entries if i is not None)
+        rows.append(_row(step, "train", prefix + "no_grad_fraction", missing / total if total else 0.0))
+        rows.append(_row(step, "train", prefix + "grad_norm", sq ** 0.5))
+    return rows

@@ -1,0 +1,115 @@
+"""Tensor statistics computed on the tensor's own device, returned unsynchronised.
+
+Each function returns `(names, values)`: variable-name suffixes and one 1-D float tensor
+holding their values, so a whole step's statistics are gathered with one transfer
+(`Pending.resolve`) instead of one `.item()` per statistic. All of it runs under
+`torch.no_grad()` and consumes no random numbers.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+Stats = Tuple[List[str], torch.Tensor]
+MAX_CHANNELS = 16  # per-channel statistics only for image-like inputs
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """`3x32x32`; a scalar is `()`."""
+    return "x".join(str(int(d)) for d in shape) if len(shape) else "()"
+
+
+def dtype_text(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@torch.no_grad()
+def input_stats(x: torch.Tensor) -> Stats:
+    """Whole-batch mean/std/min/max, fraction in [0, 1], and per-channel mean/std."""
+    xf = x.detach()
+    if not xf.is_floating_point():
+        xf = xf.float()
+        return ["min", "max"], torch.stack([xf.min(), xf.max()]).float()
+    xf = xf.float()
+    names = ["mean", "std", "min", "max", "unit_fraction"]
+    parts = [xf.mean(), xf.std() if xf.numel() > 1 else xf.new_zeros(()), xf.min(), xf.max(),
+             ((xf >= 0) & (xf <= 1)).float().mean()]
+    if xf.dim() >= 3 and 1 <= xf.shape[1] <= MAX_CHANNELS:
+        dims = [0] + list(range(2, xf.dim()))
+        ch_mean = xf.mean(dim=dims)
+        ch_std = xf.std(dim=dims) if xf.numel() // xf.shape[1] > 1 else torch.zeros_like(ch_mean)
+        for c in range(xf.shape[1]):
+            names += [f"c{c}.mean", f"c{c}.std"]
+        parts = [torch.stack(parts), torch.stack([ch_mean, ch_std], dim=1).reshape(-1)]
+        return names, torch.cat(parts)
+    return names, torch.stack(parts)
+
+
+@torch.no_grad()
+def label_stats(y: torch.Tensor) -> Optional[Stats]:
+    """min, max and distinct count of integer class labels; None for other targets."""
+    if y.is_floating_point() or y.is_complex() or y.numel() == 0 or y.dtype == torch.bool:
+        return None
+    yd = y.detach()
+    distinct = torch.unique(yd).numel()
+    return ["min", "max", "distinct"], torch.stack(
+        [yd.min().float(), yd.max().float(), yd.new_tensor(distinct, dtype=torch.float32)])
+
+
+@torch.no_grad()
+def output_stats(out: torch.Tensor) -> Stats:
+    """Output scale and whether rows are already probabilities (softmax applied)."""
+    o = out.detach().float()
+    if o.numel() == 0:
+        return [], o.new_zeros(0)
+    names = ["mean", "std", "absmax"]
+    parts = [o.mean(), o.std() if o.numel() > 1 else o.new_zeros(()), o.abs().max()]
+    if o.dim() >= 2 and o.shape[-1] > 1:
+        rows = o.reshape(-1, o.shape[-1])
+        is_prob = (rows.min() >= 0) & ((rows.sum(dim=-1) - 1).abs().max() < 1e-3)
+        names.append("rows_sum_to_one")
+        parts.append(is_prob.float())
+    return names, torch.stack(parts)
+
+
+@torch.no_grad()
+def activation_stats(out: torch.Tensor, rectifier: bool) -> Stats:
+    """Output range; for rectifiers also the fraction of units (dim 1) never positive."""
+    o = out.detach()
+    if not o.is_floating_point() or o.numel() == 0:
+        return [], torch.zeros(0)
+    names = ["min", "max"]
+    parts = [o.min().float(), o.max().float()]
+    if rectifier and o.dim() >= 2:
+        dims = [d for d in range(o.dim()) if d != 1]
+        dead = (o.amax(dim=dims) <= 0).float().mean()
+        names.append("dead_fraction")
+        parts.append(dead)
+    return names, torch.stack(parts)
+
+
+@torch.no_grad()
+def norms(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, as one float tensor (on the first tensor's device)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors)])
+
+
+def broadcast_larger(a: Sequence[int], b: Sequence[int]) -> bool:
+    """True when two shapes broadcast to more elements than either has ([B,1] vs [B])."""
+    try:
+        out = torch.broadcast_shapes(tuple(a), tuple(b))
+    except RuntimeError:
+        return False
+    n = 1
+    for d in out:
+        n *= d
+    na = 1
+    for d in a:
+        na *= d
+    nb = 1
+    for d in b:
+        nb *= d
+    return n > max(na, nb)

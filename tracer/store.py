@@ -1,0 +1,199 @@
+"""The trace store: SQLite under `.invar/` holding runs, observations, graphs and facts.
+
+WAL mode and a busy timeout make several writer processes (distributed ranks, parallel
+infer runs) safe; observations are written in batches, one transaction per flush.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+SCHEMA_VERSION = 1
+DEFAULT_DIR = ".invar"
+DB_NAME = "traces.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, label TEXT, script TEXT, argv TEXT, started REAL, ended REAL,
+    status TEXT, steps INTEGER, seed_offset INTEGER, rank INTEGER, world_size INTEGER,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS observations (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, phase TEXT NOT NULL,
+    variable TEXT NOT NULL, value REAL, text TEXT
+);
+CREATE INDEX IF NOT EXISTS obs_run ON observations (run_id, variable);
+CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
+    PRIMARY KEY (run_id, key));
+CREATE TABLE IF NOT EXISTS invariant_sets (id TEXT PRIMARY KEY, created REAL, label TEXT,
+    body TEXT NOT NULL);
+"""
+
+Row = Tuple[int, str, str, Optional[float], Optional[str]]  # step, phase, variable, value, text
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written (unwritable directory, corrupt file, newer schema)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One stored run, as listed by `invar runs`."""
+
+    id: str
+    label: Optional[str]
+    script: str
+    argv: List[str]
+    started: float
+    ended: Optional[float]
+    status: str
+    steps: int
+    seed_offset: int
+    rank: int
+    world_size: int
+    error: Optional[str]
+
+
+class Store:
+    """A connection to one store directory. Cheap to open; close it (or use `with`)."""
+
+    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR):
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"store {self.path} is not a usable SQLite database ({e}); "
+                             f"move it away or pass --store to use another directory") from e
+        except OSError as e:
+            raise StoreError(f"cannot create or write the store at {self.directory}: "
+                             f"{e.strerror or e}; pass --store DIR with a writable directory") from e
+
+    def _check_schema(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} has schema {row[0]}, newer than this invar "
+                             f"reads ({SCHEMA_VERSION}); upgrade invar")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------
+    def _write(self, sql: str, rows: Sequence[Sequence[Any]] | None = None, many: bool = False) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            if many:
+                self._db.executemany(sql, rows or ())
+            else:
+                self._db.execute(sql, rows or ())
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot write to the store {self.path}: {e}") from e
+
+    def new_run(self, script: str, argv: Sequence[str], label: Optional[str] = None,
+                seed_offset: int = 0, rank: int = 0, world_size: int = 1) -> str:
+        """Registers a run in state `running` and returns its id."""
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self._write("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, label, script, json.dumps(list(argv)), time.time(), None,
+                     "running", 0, seed_offset, rank, world_size, None))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, steps: int, error: Optional[str] = None) -> None:
+        self._write("UPDATE runs SET ended = ?, status = ?, steps = ?, error = ? WHERE id = ?",
+                    (time.time(), status, steps, error, run_id))
+
+    def add_observations(self, run_id: str, rows: Iterable[Row]) -> None:
+        """Writes a batch of observations in one transaction."""
+        batch = [(run_id, s, p, v, val, txt) for (s, p, v, val, txt) in rows]
+        if batch:
+            self._write("INSERT INTO observations VALUES (?,?,?,?,?,?)", batch, many=True)
+
+    def set_graph(self, run_id: str, record: Dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO graphs VALUES (?, ?)", (run_id, json.dumps(record)))
+
+    def set_fact(self, run_id: str, key: str, value: Any) -> None:
+        self._write("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)",
+                    (run_id, key, json.dumps(value, default=str)))
+
+    def save_invariant_set(self, set_id: str, label: str, body: str) -> None:
+        self._write("INSERT OR REPLACE INTO invariant_sets VALUES (?, ?, ?, ?)",
+                    (set_id, time.time(), label, body))
+
+    # -- reading ----------------------------------------------------------------------
+    def runs(self) -> List[RunInfo]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY started").fetchall()
+        return [_run_info(r) for r in rows]
+
+    def run(self, run_id: str) -> RunInfo:
+        """The run with this id, or a unique id prefix; StoreError if none or ambiguous."""
+        rows = self._db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY started",
+                                (run_id, run_id + "%")).fetchall()
+        exact = [r for r in rows if r[0] == run_id]
+        if exact:
+            return _run_info(exact[0])
+        if len(rows) == 1:
+            return _run_info(rows[0])
+        if not rows:
+            raise StoreError(f"no run {run_id!r} in {self.path} (see `invar runs`)")
+        raise StoreError(f"run id {run_id!r} is ambiguous: " + ", ".join(r[0] for r in rows))
+
+    def observations(self, run_id: str) -> Iterator[Row]:
+        cur = self._db.execute(
+            "SELECT step, phase, variable, value, text FROM observations WHERE run_id = ? "
+            "ORDER BY rowid", (run_id,))
+        yield from cur
+
+    def observation_count(self, run_id: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM observations WHERE run_id = ?",
+                                (run_id,)).fetchone()[0]
+
+    def variables(self, run_id: str) -> List[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT variable FROM observations WHERE run_id = ? ORDER BY variable",
+            (run_id,))]
+
+    def graph(self, run_id: str) -> Optional[Dict[str, Any]]:
+        row = self._db.execute("SELECT record FROM graphs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def facts(self, run_id: str) -> Dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._db.execute(
+            "SELECT key, value FROM facts WHERE run_id = ? ORDER BY key", (run_id,))}
+
+    def invariant_set(self, set_id: str) -> Optional[str]:
+        row = self._db.execute("SELECT body FROM invariant_sets WHERE id = ?", (set_id,)).fetchone()
+        return row[0] if row else None
+
+    def invariant_sets(self) -> List[Tuple[str, float, str]]:
+        return list(self._db.execute("SELECT id, created, label FROM invariant_sets ORDER BY created"))
+
+
+def _run_info(r: Tuple[Any, ...]) -> RunInfo:
+    return RunInfo(id=r[0], label=r[1], script=r[2], argv=json.loads(r[3] or "[]"), started=r[4],
+                   ended=r[5], status=r[6], steps=r[7] or 0, seed_offset=r[8] or 0,
+                   rank=r[9] or 0, world_size=r[10] or 1, error=r[11])
