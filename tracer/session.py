@@ -9,8 +9,10 @@ flush (see stats.py).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import resource
+import statistics
 import time
 import weakref
 from dataclasses import dataclass
@@ -150,6 +152,7 @@ class TraceSession:
         self._zero_grad_calls = 0
         self._snapshot: Optional[Tuple[List[torch.Tensor], List[torch.Tensor], List[str]]] = None
         self._step_started = time.perf_counter()
+        self._step_times: collections.deque = collections.deque(maxlen=5)
         self._rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     # -- installation -----------------------------------------------------------------
@@ -388,8 +391,8 @@ class TraceSession:
         self._seen_this_step.add((phase, "loss"))
         p, step = self._pending, self.step
         inp, target = pair
-        shapes = [stats.shape_text(t.shape) for t in (inp, target) if isinstance(t, torch.Tensor)]
-        p.value(step, phase, "loss.input_shapes", ",".join(shapes))
+        tensors = [t for t in (inp, target) if isinstance(t, torch.Tensor)]
+        p.value(step, phase, "loss.input_shapes", stats.shapes_text(tensors))
         if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
             p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
             if name in CLASSIFICATION_LOSSES:
@@ -468,9 +471,11 @@ class TraceSession:
         if self._snapshot is not None:
             self._guard("update", self._update_ratio)
         now = time.perf_counter()
+        self._step_times.append(now - self._step_started)
         if self.observed(self.step):
             p = self._pending
-            p.value(self.step, "train", "step.time", now - self._step_started)
+            # A median over recent steps: one step slowed by another process is not a cost change.
+            p.value(self.step, "train", "step.time", statistics.median(self._step_times))
             p.value(self.step, "train", "step.peak_mem", self._peak_memory())
         self._step_started = now
         self.flush()

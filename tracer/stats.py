@@ -20,6 +20,19 @@ def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape) if len(shape) else "()"
 
 
+def shapes_text(tensors: Sequence[torch.Tensor]) -> str:
+    """Shapes of loss inputs with a shared leading (batch) dimension written `B`: `Bx10,B`."""
+    batch = {t.shape[0] for t in tensors if t.dim()}
+    shared = len(batch) == 1 and all(t.dim() for t in tensors) and len(tensors) > 1
+    texts = []
+    for t in tensors:
+        dims = [str(int(d)) for d in t.shape]
+        if shared:
+            dims[0] = "B"
+        texts.append("x".join(dims) if dims else "()")
+    return ",".join(texts)
+
+
 def dtype_text(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 

@@ -41,7 +41,11 @@ Row = Tuple[int, str, str, Optional[float], Optional[str]]  # step, phase, varia
 
 
 class StoreError(Exception):
-    """The store cannot be opened or written (unwritable directory, corrupt file, newer schema)."""
+    """The store cannot be opened or written; `kind` is unwritable | corrupt | schema | missing."""
+
+    def __init__(self, message: str, kind: str = "unwritable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class Store:
             self._check_schema()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"store {self.path} is not a usable SQLite database ({e}); "
-                             f"move it away or pass --store to use another directory") from e
+                             f"move it away or pass --store to use another directory", "corrupt") from e
         except OSError as e:
             raise StoreError(f"cannot create or write the store at {self.directory}: "
                              f"{e.strerror or e}; pass --store DIR with a writable directory") from e
@@ -89,7 +93,7 @@ class Store:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"store {self.path} has schema {row[0]}, newer than this invar "
-                             f"reads ({SCHEMA_VERSION}); upgrade invar")
+                             f"reads ({SCHEMA_VERSION}); upgrade invar", "schema")
 
     def close(self) -> None:
         self._db.close()
@@ -159,8 +163,8 @@ class Store:
         if len(rows) == 1:
             return _run_info(rows[0])
         if not rows:
-            raise StoreError(f"no run {run_id!r} in {self.path} (see `invar runs`)")
-        raise StoreError(f"run id {run_id!r} is ambiguous: " + ", ".join(r[0] for r in rows))
+            raise StoreError(f"no run {run_id!r} in {self.path} (see `invar runs`)", "missing")
+        raise StoreError(f"run id {run_id!r} is ambiguous: " + ", ".join(r[0] for r in rows), "missing")
 
     def observations(self, run_id: str) -> Iterator[Row]:
         cur = self._db.execute(

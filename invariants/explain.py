@@ -1,0 +1,143 @@
+"""Group violations into root causes with a small causal graph over cause families.
+
+An edge `a -> b` says "a violation of family a explains violations of family b": a frozen
+block explains missing updates and a flat loss. Root causes are the violated families no
+other violated family explains; each root collects the violations it explains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import networkx as nx
+
+from invariants.check import SEVERITY_RANK, Violation
+
+EFFECTS = ("gradients", "updates", "loss_trend", "output_scale", "cost", "dead_units", "labels")
+CAUSAL_EDGES = {
+    "frozen": ("no_gradient", "not_in_optimizer", "gradients", "updates", "loss_trend"),
+    "not_in_optimizer": ("updates", "loss_trend"),
+    "no_gradient": ("gradients", "updates", "loss_trend"),
+    "input_size": ("cost", "input_scale", "output_scale", "gradients", "updates", "dead_units", "loss_trend"),
+    "input_scale": ("output_scale", "gradients", "updates", "dead_units", "loss_trend"),
+    "batch_size": ("cost", "gradients", "updates", "loss_trend", "input_scale"),
+    "learning_rate": ("updates", "gradients", "dead_units", "loss_trend", "output_scale"),
+    "stale_gradients": ("gradients", "updates", "loss_trend", "output_scale", "dead_units"),
+    "eval_mode": ("output_scale",),
+    "eval_input_mismatch": ("output_scale",),
+    "output_width": ("architecture", "output_scale", "loss_trend", "gradients", "updates"),
+    "architecture": ("gradients", "updates", "cost"),
+    "dead_units": ("gradients", "updates", "loss_trend", "output_scale"),
+    "loss_broadcast": ("gradients", "updates", "loss_trend"),
+    "labels": ("output_width",),
+}
+
+HINTS = {
+    "frozen": "parameters were frozen (requires_grad=False): unfreeze them, or re-infer if freezing is intended",
+    "not_in_optimizer": "trainable parameters are not held by the optimizer: build the optimizer after the "
+                        "model is final and pass model.parameters()",
+    "no_gradient": "trainable parameters receive no gradient: look for .detach(), torch.no_grad() or an "
+                   "unused branch in forward",
+    "input_size": "the input size differs from the reference: check Resize/crop transforms against the "
+                  "size the model was built for",
+    "input_scale": "input statistics differ from the reference: check normalisation constants and dtype scaling",
+    "eval_input_mismatch": "evaluation data is preprocessed differently from training data: use the same "
+                           "normalisation for both",
+    "output_width": "the model's output width does not match the number of label classes: fix the final layer",
+    "leakage": "evaluation samples also appear in the training data: split indices disjointly",
+    "learning_rate": "the learning rate is far from the reference: check the value and the scheduler",
+    "batch_size": "the batch size is far from the reference: check the DataLoader batch_size",
+    "dead_units": "many activation units never fire: check initialisation, biases and the learning rate",
+    "stale_gradients": "gradients are not cleared between steps: call optimizer.zero_grad() every step",
+    "eval_mode": "evaluation runs with the model in training mode: call model.eval() before evaluating",
+    "loss_broadcast": "loss inputs broadcast to a larger shape: squeeze the output or reshape the target",
+    "output_scale": "the model's output scale changed: look at what runs before the output",
+    "loss_trend": "the loss does not fall as in the reference runs",
+    "architecture": "the model's parameter counts changed: re-infer if the architecture change is intended",
+    "cost": "the step cost is far above the reference: check input size and batch size",
+    "gradients": "gradient norms differ from the reference",
+    "updates": "parameter updates differ from the reference",
+    "optimizer": "the optimizer configuration differs from the reference",
+    "labels": "labels differ from the reference",
+}
+SILENCE = ("if this change is intended, re-run `invar infer` on the new pipeline or set the "
+           "invariant's status to disabled in the invariant file")
+
+
+def causal_graph() -> nx.DiGraph:
+    """Families as nodes, 'explains' as edges."""
+    g = nx.DiGraph()
+    for cause, effects in CAUSAL_EDGES.items():
+        for effect in effects:
+            g.add_edge(cause, effect)
+    return g
+
+
+@dataclass
+class Cause:
+    """A root cause: a family at a locus, the violations it explains, and a fix hint."""
+
+    family: str
+    severity: str
+    summary: str
+    locus: Optional[str]
+    violations: List[Violation] = field(default_factory=list)
+    hint: str = ""
+
+    def to_json(self) -> Dict[str, object]:
+        return {"family": self.family, "severity": self.severity, "summary": self.summary,
+                "locus": self.locus, "violations": [v.id for v in self.violations], "hint": self.hint}
+
+
+def explain(violations: Sequence[Violation]) -> List[Cause]:
+    """Root causes, most severe and earliest first."""
+    if not violations:
+        return []
+    g = causal_graph()
+    families = {v.family for v in violations}
+    for f in families:
+        g.add_node(f)
+    roots = [f for f in families
+             if not any(other != f and nx.has_path(g, other, f) and not nx.has_path(g, f, other)
+                        for other in families)]
+    # An effect family alone (e.g. only gradient norms moved) is its own root.
+    causes: Dict[str, Cause] = {}
+    for f in roots:
+        own = [v for v in violations if v.family == f]
+        causes[f] = Cause(f, _max_severity(own), _summary(f, own), _locus(own), list(own),
+                          HINTS.get(f, "") + "; " + SILENCE)
+    for v in violations:
+        if v.family in causes:
+            continue
+        owner = next((c for c in sorted(causes.values(), key=_rank)
+                      if nx.has_path(g, c.family, v.family)), None)
+        if owner is not None:
+            owner.violations.append(v)
+    for c in causes.values():
+        c.severity = _max_severity(c.violations)
+        for v in c.violations:
+            v.hint = HINTS.get(v.family, "")
+    return sorted(causes.values(), key=_rank)
+
+
+def _rank(c: Cause) -> tuple:
+    own = [v for v in c.violations if v.family == c.family]
+    return (-SEVERITY_RANK.get(c.severity, 0), min((v.step for v in own), default=0), c.family)
+
+
+def _max_severity(vs: Sequence[Violation]) -> str:
+    return max((v.severity for v in vs), key=lambda s: SEVERITY_RANK.get(s, 0), default="warning")
+
+
+def _locus(vs: Sequence[Violation]) -> Optional[str]:
+    loci = sorted({v.locus for v in vs if v.locus})
+    if not loci:
+        return None
+    return ", ".join(loci[:6]) + (f" (+{len(loci) - 6} more)" if len(loci) > 6 else "")
+
+
+def _summary(f: str, vs: Sequence[Violation]) -> str:
+    loci = sorted({v.locus for v in vs if v.locus})
+    first = min(vs, key=lambda v: v.step)
+    where = f" in {len(loci)} block(s): {_locus(vs)}" if loci else ""
+    return f"{f.replace('_', ' ')}{where} — first at step {first.step}: {first.message}"

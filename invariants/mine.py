@@ -1,0 +1,192 @@
+"""Mine invariants from reference runs: instantiate templates over the traced variables,
+keep the candidates that are never falsified *and* justified by enough support, suppress
+the implied ones, and remember why every other candidate was discarded.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from invariants.model import Invariant, InvariantSet, SCHEMA_VERSION, Support, When, make_id
+from invariants.templates.base import Discard, Fit, Series
+from invariants.templates.basic import Constant, Magnitude, OneOf, Range
+from invariants.templates.block import AllNone, Disjoint
+from invariants.templates.relational import Equal, Ratio
+from invariants.templates.temporal import Trend
+from invariants.variables import block_of, family_of, kind_of
+
+Row = Tuple[int, str, str, Optional[float], Optional[str]]
+
+# Spread floors: the smallest spread a margin is computed from, so that a variable that
+# never moved in the reference still tolerates measurement noise.
+LOG_FLOOR = 0.05          # log10 units: a factor of 1.12 per spread
+DEAD_FLOOR = 0.0625       # dead-unit fraction: 4 spreads = a quarter of the units
+RATIO_FLOOR = 0.01
+# Eval vs train data: a mean shifted by this many training standard deviations, or a std
+# off by this fraction, is a different normalisation, not sampling noise.
+MEAN_SHIFT_FLOOR = 0.25
+STD_SHIFT_FLOOR = 0.2
+
+
+@dataclass
+class MineResult:
+    """The invariants, and every candidate that was not emitted with its reason."""
+
+    invariants: List[Invariant]
+    discarded: List[Tuple[str, str]] = field(default_factory=list)
+    suppressed: int = 0
+    seconds: float = 0.0
+
+
+def build_series(runs: Sequence[Iterable[Row]]) -> Dict[Tuple[str, str], Series]:
+    """(phase, variable) -> Series over all runs (empty tuples where a run lacks it)."""
+    table: Dict[Tuple[str, str], List[List[Tuple[int, Any]]]] = {}
+    for i, rows in enumerate(runs):
+        for step, phase, variable, value, text in rows:
+            per_run = table.setdefault((phase, variable), [[] for _ in runs])
+            per_run[i].append((step, value if value is not None else text))
+    return {k: Series(k[1], k[0], tuple(tuple(r) for r in v)) for k, v in table.items()}
+
+
+class _Miner:
+    def __init__(self, series: Dict[Tuple[str, str], Series], n_runs: int):
+        self.series = series
+        self.n_runs = n_runs
+        self.out: Dict[str, Invariant] = {}
+        self.discarded: List[Tuple[str, str]] = []
+        self.suppressed = 0
+
+    def emit(self, template: Any, target: Tuple[str, ...], phase: str, result: Fit | Discard,
+             severity: str, window_end: Optional[int], what: str) -> None:
+        iid = make_id(template.NAME, target, phase)
+        if isinstance(result, Discard):
+            self.discarded.append((iid, result.reason))
+            return
+        span = list(result.support_span) if result.support_span is not None else None
+        self.out[iid] = Invariant(
+            id=iid, template=template.NAME, target=target, expect=dict(result.expect),
+            when=When(phase=phase, steps=(0, window_end)), severity=severity, status="proposed",
+            support=Support(runs=result.runs, observations=result.observations, span=span),
+            why=f"{what} {template.expected(result.expect)} in every reference run "
+                f"({result.runs} runs, {result.observations} observations).",
+            locus=block_of(target[0]))
+
+    def single(self, s: Series) -> None:
+        k = kind_of(s.variable)
+        target, phase = (s.variable,), s.phase
+        what = f"`{s.variable}` ({phase})"
+        dyn_end = s.last_step  # training dynamics are only known for the traced steps
+        if k.kind == "skip":
+            self.discarded.append((make_id("*", target, phase), "not mined: recorded for people"))
+            return
+        if k.kind == "category":
+            fit = Constant.fit(s, self.n_runs)
+            if isinstance(fit, Discard):
+                self.discarded.append((make_id("constant", target, phase), fit.reason))
+                self.emit(OneOf, target, phase, OneOf.fit(s, self.n_runs), k.severity, None, what)
+            else:
+                self.emit(Constant, target, phase, fit, k.severity, None, what)
+        elif k.kind == "structure":
+            self.emit(Constant, target, phase, Constant.fit(s, self.n_runs), k.severity, None, what)
+        elif k.kind == "fraction":
+            fit = AllNone.fit(s, self.n_runs)
+            if isinstance(fit, Discard):
+                self.discarded.append((make_id("all_none", target, phase), fit.reason))
+                self.emit(Constant, target, phase, Constant.fit(s, self.n_runs), k.severity, None, what)
+            else:
+                self.emit(AllNone, target, phase, fit, k.severity, None, what)
+        elif k.kind == "disjoint":
+            self.emit(Disjoint, target, phase, Disjoint.fit(s, self.n_runs), k.severity, None, what)
+        elif k.kind == "at_least":
+            fit = Range.fit(s, log=False, margin=0.0, floor=0.0, lower_only=True)
+            if isinstance(fit, Fit) and fit.expect["min"] <= 0:
+                fit = Discard("trivial: the reference minimum is 0")
+            self.emit(Range, target, phase, fit, k.severity, None, what)
+        elif k.kind == "stat":
+            floor = 1e-3 * max((abs(float(v)) for v in s.values), default=0.0) + 1e-6
+            end = None if k.severity == "error" else dyn_end
+            self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=floor),
+                      k.severity, end, what)
+        elif k.kind == "bounded":
+            self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=DEAD_FLOOR,
+                                                     lo_clip=0.0, hi_clip=1.0), k.severity, dyn_end, what)
+        elif k.kind == "scale":
+            self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
+                      "warning", dyn_end, what)
+            if k.family in ("batch_size", "learning_rate", "cost"):
+                self.magnitude(s, k.family, what)
+        elif k.kind == "trend":
+            self.emit(Trend, target, phase, Trend.fit(s, self.n_runs, dyn_end), k.severity, dyn_end, what)
+            self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
+                      "warning", dyn_end, what)
+
+    def magnitude(self, s: Series, family: str, what: str) -> None:
+        fit = Magnitude.fit(s, self.n_runs)
+        if isinstance(fit, Fit) and family != "batch_size":
+            # Warm-up and one-cycle schedules legitimately start low; only "far too high"
+            # (learning rate, cost) is an error.
+            fit = Fit({"min": 0.0, "max": fit.expect["max"]}, fit.support_span, fit.observations, fit.runs)
+        self.emit(Magnitude, (s.variable,), s.phase, fit, "error", None, what)
+
+    def relations(self) -> None:
+        # The label range of the whole training set (exact for tensor-backed data sets),
+        # not of one batch: a small batch may miss the largest class.
+        width = self.series.get(("train", "output.width"))
+        label = self.series.get(("train", "data.train.label_max"))
+        if width is not None and label is not None:
+            self.emit(Ratio, ("output.width", "data.train.label_max"), "train",
+                      Ratio.fit(width, label, RATIO_FLOOR), "error", None,
+                      "output width / largest training label")
+        train_std = self.series.get(("train", "data.train.std"))
+        scale = statistics.fmean(float(v) for v in train_std.values) if train_std and train_std.values else 1.0
+        for (phase, var), ev in sorted(self.series.items()):
+            if phase != "eval" or not var.startswith("data.eval."):
+                continue
+            stat = var[len("data.eval."):]
+            tr = self.series.get(("train", "data.train." + stat))
+            if tr is None or kind_of(var).kind != "stat":
+                continue
+            floor = (MEAN_SHIFT_FLOOR * scale if stat.endswith("mean")
+                     else STD_SHIFT_FLOOR * abs(statistics.fmean(float(v) for v in tr.values)))
+            self.emit(Equal, (var, "data.train." + stat), "eval", Equal.fit(ev, tr, floor),
+                      "error", None, f"eval data {stat} - training data {stat}")
+
+    def suppress(self) -> None:
+        """Drops invariants implied by others (Daikon's implication suppression)."""
+        constant = {i.target[0] + "@" + i.when.phase for i in self.out.values() if i.template == "constant"}
+        implied: Dict[str, str] = {}
+        for iid, inv in self.out.items():
+            key = lambda v: v + "@" + inv.when.phase  # noqa: E731
+            if inv.template in ("equal", "ratio") and all(key(t) in constant for t in inv.target):
+                implied[iid] = "implied by constant values of both targets"
+            elif inv.target == ("input.side",) and key("input.shape") in constant:
+                implied[iid] = "implied by constant input.shape"
+            elif inv.target == ("output.width",) and key("output.shape") in constant:
+                implied[iid] = "implied by constant output.shape"
+            elif inv.target == ("model.training",) and inv.when.phase == "train":
+                implied[iid] = "implied by the definition of the train phase"
+        for iid, reason in implied.items():
+            del self.out[iid]
+            self.discarded.append((iid, reason))
+        self.suppressed = len(implied)
+
+
+def mine(runs: Sequence[Iterable[Row]], meta: Optional[Dict[str, Any]] = None) -> Tuple[InvariantSet, MineResult]:
+    """Mines an InvariantSet from the rows of each reference run."""
+    start = time.perf_counter()
+    series = build_series(runs)
+    m = _Miner(series, len(runs))
+    for key in sorted(series):
+        m.single(series[key])
+    m.relations()
+    m.suppress()
+    invariants = sorted(m.out.values(), key=lambda i: (i.locus or "", i.template, i.id))
+    result = MineResult(invariants, m.discarded, m.suppressed, time.perf_counter() - start)
+    return InvariantSet(schema=SCHEMA_VERSION, meta=dict(meta or {}), invariants=tuple(invariants)), result
+
+
+def family(inv: Invariant) -> str:
+    """The cause family a violation of this invariant points to."""
+    return family_of(inv.target[0], inv.when.phase)

@@ -1,0 +1,165 @@
+"""The invariant set as plain, immutable data: what `invar infer` writes, people review,
+and `invar check` evaluates. No I/O here; `invariants.invfile` reads and writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+SCHEMA_VERSION = 1
+
+PHASES = ("train", "eval", "any")
+SEVERITIES = ("error", "warning")
+STATUSES = ("proposed", "accepted", "disabled")
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping over a private copy of plain data (dicts, lists, scalars).
+
+    It compares equal to any mapping with the same items (so `inv.expect == {"min": 0.0}`
+    works) and is hashable, which makes `Invariant` and `InvariantSet` hashable. Nested
+    lists stay lists so that values keep the types the file and the templates use; they
+    are copies owned by this mapping.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Optional[Mapping[str, Any]] = None):
+        self._data: Dict[str, Any] = _copy_plain(dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(_freeze(self._data))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A mutable deep copy, for serialisation."""
+        return _copy_plain(self._data)
+
+
+def _copy_plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _copy_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_copy_plain(x) for x in v]
+    return v
+
+
+def _freeze(v: Any) -> Any:
+    # Hashable projection; key order is irrelevant to equality, so it must be to the hash.
+    if isinstance(v, Mapping):
+        return frozenset((k, _freeze(x)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+@dataclass(frozen=True)
+class When:
+    """Where an invariant applies: a phase (train | eval | any) and an inclusive step
+    window; an end of None leaves the window open."""
+
+    phase: str = "train"
+    steps: Tuple[int, Optional[int]] = (0, None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+
+@dataclass(frozen=True)
+class Support:
+    """The evidence behind an invariant: reference runs and observations it was fitted on,
+    and the observed span ([min, max] for numbers, the observed values for categories)."""
+
+    runs: int
+    observations: int
+    span: Optional[Tuple[Any, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.span is not None:
+            object.__setattr__(self, "span", tuple(self.span))
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """One reviewed (or to-be-reviewed) fact about healthy training runs.
+
+    `target` names traced variables (docs/observations.md); `expect` holds the template's
+    parameters (registry `EXPECT`); `locus` is the module/block it is about, None for the
+    whole run. Sequences and mappings passed in are copied into immutable forms.
+    """
+
+    id: str
+    template: str
+    target: Tuple[str, ...]
+    expect: Mapping[str, Any]
+    when: When
+    severity: str
+    status: str
+    support: Support
+    why: str
+    locus: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", tuple(self.target))
+        if not isinstance(self.expect, FrozenMap):
+            object.__setattr__(self, "expect", FrozenMap(self.expect))
+
+
+def make_id(template: str, target: Sequence[str], phase: str) -> str:
+    """A stable, readable id: `range:input.mean@train`, `equal:a,b@eval`.
+
+    Built from names only (never from fitted numbers), so re-mining the same pipeline
+    gives the same ids and `invar diff` can line entries up.
+    """
+    return f"{template}:{','.join(target)}@{phase}"
+
+
+@dataclass(frozen=True)
+class InvariantSet:
+    """A schema version, how the reference runs were made (`meta`: script, args, runs,
+    steps, created, torch and invar versions, ...), and the invariants; ids are unique."""
+
+    schema: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    invariants: Tuple[Invariant, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, FrozenMap):
+            object.__setattr__(self, "meta", FrozenMap(self.meta))
+        object.__setattr__(self, "invariants", tuple(self.invariants))
+        seen: Dict[str, int] = {}
+        for i, inv in enumerate(self.invariants):
+            if inv.id in seen:
+                raise ValueError(f"duplicate invariant id {inv.id!r} "
+                                 f"(positions {seen[inv.id]} and {i})")
+            seen[inv.id] = i
+
+    def by_id(self) -> Dict[str, Invariant]:
+        """id -> invariant, in set order."""
+        return {inv.id: inv for inv in self.invariants}
+
+    def active(self) -> Tuple[Invariant, ...]:
+        """The invariants `invar check` evaluates: every status except `disabled`."""
+        return tuple(inv for inv in self.invariants if inv.status != "disabled")
+
+    def with_status(self, id: str, status: str) -> "InvariantSet":
+        """A new set in which invariant `id` has `status`; KeyError for an unknown id."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
+        if id not in self.by_id():
+            raise KeyError(f"no invariant with id {id!r} in this set")
+        return dataclasses.replace(self, invariants=tuple(
+            dataclasses.replace(inv, status=status) if inv.id == id else inv
+            for inv in self.invariants))

@@ -1,0 +1,100 @@
+"""What the miner knows about the tracer's variables (docs/observations.md): which
+templates fit each one, the cause family a violation points to, and its severity.
+
+This is knowledge of the *tracer's vocabulary*, never of a pipeline: a rule matches a
+variable name pattern, such as every block's trainable fraction.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+# kinds: how a variable is mined
+#   category  - text: constant, else one-of
+#   structure - number that should not change: constant
+#   fraction  - per-block fraction: all/none, else constant
+#   stat      - statistic: range with a learned margin
+#   bounded   - fraction-valued statistic: range with a wide floor (dead units)
+#   scale     - positive quantity spanning decades: log-range (warning) + magnitude (error)
+#   at_least  - count that must not fall below the reference minimum
+#   disjoint  - overlap count that must stay 0
+#   trend     - loss: must fall over the first steps (plus a log-range)
+#   skip      - recorded for people, not mined
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    family: str
+    severity: str  # of the invariants mined for it; "scale" also adds an error magnitude
+
+
+_RULES: Tuple[Tuple[str, Kind], ...] = (
+    (r"input\.shape", Kind("category", "input_size", "error")),
+    (r"input\.side", Kind("structure", "input_size", "error")),
+    (r"input\.dtype", Kind("category", "input_scale", "error")),
+    (r"input\.batch", Kind("scale", "batch_size", "warning")),
+    (r"input\.(mean|std|min|max|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+    (r"label\.shape", Kind("category", "labels", "error")),
+    (r"label\.(min|max|distinct)", Kind("skip", "labels", "warning")),
+    (r"output\.shape", Kind("category", "output_width", "error")),
+    (r"output\.width", Kind("structure", "output_width", "error")),
+    (r"output\.rows_sum_to_one", Kind("structure", "output_scale", "error")),
+    (r"output\.(mean|std|absmax)", Kind("stat", "output_scale", "warning")),
+    (r"loss\.input_shapes", Kind("category", "loss_broadcast", "error")),
+    (r"loss\.broadcast", Kind("structure", "loss_broadcast", "error")),
+    (r"loss\.value", Kind("trend", "loss_trend", "warning")),
+    (r"model\.(training|dropout_active)", Kind("structure", "eval_mode", "error")),
+    (r"block\..+\.params", Kind("structure", "architecture", "error")),
+    (r"block\..+\.trainable_fraction", Kind("fraction", "frozen", "error")),
+    (r"block\..+\.in_optimizer_fraction", Kind("fraction", "not_in_optimizer", "error")),
+    (r"block\..+\.no_grad_fraction", Kind("fraction", "no_gradient", "error")),
+    (r"block\..+\.grad_norm", Kind("scale", "gradients", "warning")),
+    (r"block\..+\.update_ratio", Kind("scale", "updates", "warning")),
+    (r"act\..+\.dead_fraction", Kind("bounded", "dead_units", "error")),
+    (r"act\..+\.(min|max)", Kind("skip", "activations", "warning")),
+    (r"optim\.type", Kind("category", "optimizer", "warning")),
+    (r"optim\.groups", Kind("structure", "optimizer", "warning")),
+    (r"optim\.(lr_max|g\d+\.lr)", Kind("scale", "learning_rate", "warning")),
+    (r"optim\.zero_grad_calls", Kind("at_least", "stale_gradients", "error")),
+    (r"optim\.g\d+\..+", Kind("skip", "optimizer", "warning")),
+    (r"loader\.(train|eval)\.batch_size", Kind("scale", "batch_size", "warning")),
+    (r"data\.overlap", Kind("disjoint", "leakage", "error")),
+    (r"data\.overlap_fraction", Kind("skip", "leakage", "error")),
+    (r"data\.(train|eval)\.(mean|std|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+    (r"data\.(train|eval)\.(min|max)", Kind("skip", "input_scale", "error")),
+    (r"data\.(train|eval)\.(label_max|classes)", Kind("skip", "labels", "error")),
+    (r"step\.time", Kind("scale", "cost", "warning")),
+    (r"step\.peak_mem", Kind("skip", "cost", "warning")),
+    (r"tracer\..+", Kind("skip", "tracer", "warning")),
+)
+_COMPILED = tuple((re.compile(p + r"\Z"), k) for p, k in _RULES)
+UNKNOWN = Kind("skip", "other", "warning")
+
+# Families whose eval-phase observations mean "eval data differs from training data".
+EVAL_INPUT_FAMILIES = {"input_scale", "input_size"}
+
+
+def kind_of(variable: str) -> Kind:
+    """The rule for a variable name (UNKNOWN: recorded but not mined)."""
+    for pattern, kind in _COMPILED:
+        if pattern.match(variable):
+            return kind
+    return UNKNOWN
+
+
+def family_of(variable: str, phase: str) -> str:
+    """The cause family a violation on this variable points to."""
+    fam = kind_of(variable).family
+    if phase == "eval" and fam in EVAL_INPUT_FAMILIES and variable.startswith(("input.", "data.eval.")):
+        return "eval_input_mismatch"
+    return fam
+
+
+def block_of(variable: str) -> Optional[str]:
+    """The module a variable is about (`block.layer2.0.grad_norm` -> `layer2.0`)."""
+    for prefix in ("block.", "act."):
+        if variable.startswith(prefix):
+            return variable[len(prefix):].rsplit(".", 1)[0]
+    return None
