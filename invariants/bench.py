@@ -8,6 +8,7 @@ several repeats; each run's per-step wall times come from one optimizer post-ste
 from __future__ import annotations
 
 import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -51,7 +52,8 @@ def _step_clock(times: List[float], steps: int) -> Any:
 def _run(script: str, args: Sequence[str], steps: int, session: Optional[TraceSession]) -> List[float]:
     path = check_script(script)
     times: List[float] = []
-    with script_environment(path, args), reseeded(0), _step_clock(times, steps):
+    with script_environment(path, args), reseeded(0), _step_clock(times, steps), \
+            contextlib.redirect_stdout(io.StringIO()):
         if session is None:
             _execute(path)
         else:

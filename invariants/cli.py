@@ -1,6 +1,7 @@
 """The `invar` command: parse, call the library, render. Exit codes live in `Exit`."""
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -256,8 +257,11 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
     invs = workflow.load_invariants(against, store_dir)
     budget = steps if steps is not None else int(invs.meta.get("steps") or 30)
     cfg = _config(budget, dense_steps, sample_every, block_depth)
-    result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
-                            fail_on=fail_on, store_dir=store_dir, config=cfg)
+    # A machine-readable report owns stdout: the script's own prints go to stderr.
+    redirect = contextlib.redirect_stdout(sys.stderr) if fmt != "text" and not output else contextlib.nullcontext()
+    with redirect:
+        result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
+                                fail_on=fail_on, store_dir=store_dir, config=cfg)
     text = rep.RENDERERS[fmt](result)
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -308,6 +312,74 @@ def diff(a: str, b: str, store_dir: str) -> None:
     click.echo(diffmod.render_diff(d))
     if d:
         sys.exit(Exit.VIOLATIONS)
+
+
+# -- eval / bench / demo ----------------------------------------------------------------
+@cli.command("eval", epilog=EXIT_HELP)
+@click.argument("corpus_dir", default="corpus", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("-o", "--output", default=None, help="Write the table here instead of stdout.")
+@click.option("--jobs", default=1, show_default=True, help="Cases evaluated in parallel (one process each).")
+@click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs per case.")
+@click.option("--steps", default=30, show_default=True, help="Optimizer steps per run.")
+def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int) -> None:
+    """Score invar on a corpus: infer from each reference, check every variant.
+
+    Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
+    error-level violation."""
+    from invariants import evaluate
+    try:
+        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err)
+    except FileNotFoundError as e:
+        _fail(str(e), Exit.BAD_INPUT)
+    text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        _err(f"wrote {output}")
+    else:
+        click.echo(text)
+    t = report.totals()
+    if t["recall"] < 1.0 or t["false_alarms"] or t["loo_false_alarms"]:
+        sys.exit(Exit.VIOLATIONS)
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("scripts", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--steps", default=40, show_default=True, help="Optimizer steps per timed run.")
+@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per mode.")
+@click.option("--mining-runs", default=5, show_default=True)
+@click.option("--mining-steps", default=200, show_default=True)
+def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mining_steps: int) -> None:
+    """Print tracer overhead (infer and check mode vs untraced) and mining time, as ratios.
+
+    SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
+    records it, and traced as check evaluates it, interleaved; medians per step compared."""
+    from invariants import bench as b
+    targets = list(scripts) or [str(p) for p in sorted(Path("corpus").glob("*/reference.py"))]
+    if not targets:
+        _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
+    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8}")
+    for script in targets:
+        t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+        click.echo(f"{_short(script):<40} {1000 * t.medians['plain']:>13.2f} "
+                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x")
+    m = b.mining_time(mining_runs, mining_steps)
+    click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
+               f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.option("--store", "store_dir", default=None, help="Store directory [default: a temporary one].")
+def demo(store_dir: Optional[str]) -> None:
+    """Infer invariants from a corpus reference, then check one of its bug variants."""
+    from corpus import harness
+    code = harness.demo(store_dir, echo=click.echo, progress=_err)
+    sys.exit(code)
 
 
 # -- entry point ------------------------------------------------------------------------

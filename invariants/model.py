@@ -12,6 +12,11 @@ SCHEMA_VERSION = 1
 PHASES = ("train", "eval", "any")
 SEVERITIES = ("error", "warning")
 STATUSES = ("proposed", "accepted", "disabled")
+# The fixed order of an entry's keys in a written file.
+ENTRY_KEYS = ("id", "template", "target", "expect", "when", "severity", "status", "locus",
+              "support", "why")
+# meta keys people look for first; any others follow in sorted order.
+META_ORDER = ("script", "args", "runs", "steps", "seed", "created", "torch", "invar")
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -116,6 +121,24 @@ class Invariant:
         if not isinstance(self.expect, FrozenMap):
             object.__setattr__(self, "expect", FrozenMap(self.expect))
 
+    def to_data(self) -> Dict[str, Any]:
+        """Plain data in file order (ENTRY_KEYS; expect in the template's EXPECT order)."""
+        from invariants import registry  # lazy: registry imports every template module
+        try:
+            order = tuple(registry.template(self.template).EXPECT)
+        except KeyError:
+            order = ()  # the file validator names the unknown template
+        s = self.support
+        return {
+            "id": self.id, "template": self.template, "target": list(self.target),
+            "expect": _ordered(self.expect, order),
+            "when": {"phase": self.when.phase, "steps": list(self.when.steps)},
+            "severity": self.severity, "status": self.status, "locus": self.locus,
+            "support": {"runs": s.runs, "observations": s.observations,
+                        "span": None if s.span is None else _canonical(s.span)},
+            "why": self.why,
+        }
+
 
 def make_id(template: str, target: Sequence[str], phase: str) -> str:
     """A stable, readable id: `range:input.mean@train`, `equal:a,b@eval`.
@@ -124,6 +147,25 @@ def make_id(template: str, target: Sequence[str], phase: str) -> str:
     gives the same ids and `invar diff` can line entries up.
     """
     return f"{template}:{','.join(target)}@{phase}"
+
+
+def sort_key(inv: Invariant) -> Tuple[str, str, str]:
+    """The canonical order of invariants in a file: by block, then template, then id."""
+    return (inv.locus or "", inv.template, inv.id)
+
+
+def _ordered(m: Mapping[str, Any], first: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    # `first` keys in that order, then the rest sorted: the same data always reads the same.
+    keys = [k for k in first if k in m] + sorted(k for k in m if k not in first)
+    return {k: _canonical(m[k]) for k in keys}
+
+
+def _canonical(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return _ordered(v)
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    return v
 
 
 @dataclass(frozen=True)
@@ -145,6 +187,13 @@ class InvariantSet:
                 raise ValueError(f"duplicate invariant id {inv.id!r} "
                                  f"(positions {seen[inv.id]} and {i})")
             seen[inv.id] = i
+
+    def to_data(self) -> Dict[str, Any]:
+        """Plain, canonically ordered data (what invariant files hold): meta keys in
+        META_ORDER then sorted, invariants sorted by (locus or "", template, id)."""
+        invs = sorted(self.invariants, key=sort_key)
+        return {"schema": self.schema, "meta": _ordered(self.meta, META_ORDER),
+                "invariants": [i.to_data() for i in invs]}
 
     def by_id(self) -> Dict[str, Invariant]:
         """id -> invariant, in set order."""

@@ -79,12 +79,13 @@ def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Option
     from invariants import __version__
     return {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
             "run_ids": [r for r in run_ids if r], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "torch": torch.__version__, "invar": __version__}
+            "torch": str(torch.__version__), "invar": __version__}
 
 
 def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against: str = "",
           steps: Optional[int] = None, fail_fast: bool = False, fail_on: str = "error",
-          store_dir: str = ".invar", config: Optional[TraceConfig] = None) -> CheckReport:
+          store_dir: str = ".invar", config: Optional[TraceConfig] = None,
+          seed_offset: int = 0) -> CheckReport:
     """Runs the script under the tracer and evaluates the invariants as observations arrive."""
     budget = steps if steps is not None else int(invariants.meta.get("steps") or 30)
     cfg = config or TraceConfig(steps=budget)
@@ -98,7 +99,7 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
     checker = Checker(invariants, on_violation=on_violation)
     with Store(store_dir) as store:
         res = trace_to_store(store, script, args, cfg, label="check", listeners=[checker.feed],
-                             on_session=sessions.append)
+                             on_session=sessions.append, seed_offset=seed_offset)
     checker.finish()
     violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
     causes = explain(violations)

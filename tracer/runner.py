@@ -24,6 +24,9 @@ from tracer.session import StepBudgetReached, StopRequested, TraceConfig, TraceS
 from tracer.store import Row, Store
 
 
+WRITE_BATCH = 5000
+
+
 class ScriptError(Exception):
     """The script cannot be run at all (missing, unreadable, syntax error)."""
 
@@ -176,8 +179,15 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
     run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset)
     sessions: List[TraceSession] = []
 
+    # Store writes are batched across steps (one transaction per WRITE_BATCH rows);
+    # listeners still see every flush as it happens.
+    buffered: List[Row] = []
+
     def sink(rows: List[Row]) -> None:
-        store.add_observations(run_id, rows)
+        buffered.extend(rows)
+        if len(buffered) >= WRITE_BATCH:
+            store.add_observations(run_id, buffered)
+            buffered.clear()
         for listen in listeners:
             listen(rows)
 
@@ -186,8 +196,11 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
         if on_session is not None:
             on_session(session)
 
-    result = run_script(path, args, config, sink, seed_offset=seed_offset,
-                        on_first_forward=on_first_forward, on_session=keep)
+    try:
+        result = run_script(path, args, config, sink, seed_offset=seed_offset,
+                            on_first_forward=on_first_forward, on_session=keep)
+    finally:
+        store.add_observations(run_id, buffered)
     result.run_id = run_id
     session = sessions[0]
     if session.graph is not None:
@@ -196,7 +209,7 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
     store.set_fact(run_id, "root_model", type(root).__name__ if root is not None else None)
     store.set_fact(run_id, "graph", result.graph)
     store.set_fact(run_id, "seconds", round(result.seconds, 3))
-    store.set_fact(run_id, "torch", torch.__version__)
+    store.set_fact(run_id, "torch", str(torch.__version__))
     if result.faults:
         store.set_fact(run_id, "faults", result.faults)
     store.finish_run(run_id, result.status, result.steps, result.error)

@@ -150,6 +150,8 @@ class TraceSession:
         self._examined: Set[int] = set()
         self._current_loader: Optional[int] = None
         self._zero_grad_calls = 0
+        self._dropout_cache: Optional[Tuple[nn.Module, List[nn.Module]]] = None
+        self._block_cache: Optional[Tuple[tuple, Any]] = None
         self._snapshot: Optional[Tuple[List[torch.Tensor], List[torch.Tensor], List[str]]] = None
         self._step_started = time.perf_counter()
         self._step_times: collections.deque = collections.deque(maxlen=5)
@@ -331,7 +333,7 @@ class TraceSession:
                 p.value(step, phase, "input.side", x.shape[-1])
             p.stats(step, phase, "input.", stats.input_stats(x))
         p.value(step, phase, "model.training", root.training)
-        dropouts = [m.training for m in root.modules() if isinstance(m, DROPOUTS)]
+        dropouts = [m.training for m in self._dropouts(root)]
         if dropouts:
             p.value(step, phase, "model.dropout_active", sum(dropouts) / len(dropouts))
         loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
@@ -499,7 +501,7 @@ class TraceSession:
         if root is None:
             return
         held = self._optimizer_param_ids()
-        bm = block_map(root, self.config.block_depth)
+        bm = self._blocks(root)
         step, p = self.step, self._pending
         grads: List[torch.Tensor] = []
         layout: List[Tuple[str, List[Tuple[int, Optional[int]]]]] = []
@@ -532,6 +534,18 @@ class TraceSession:
             with torch.no_grad():
                 self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
                                   [b for b, _ in snap])
+
+    def _dropouts(self, root: nn.Module) -> List[nn.Module]:
+        if self._dropout_cache is None or self._dropout_cache[0] is not root:
+            self._dropout_cache = (root, [m for m in root.modules() if isinstance(m, DROPOUTS)])
+        return self._dropout_cache[1]
+
+    def _blocks(self, root: nn.Module) -> Any:
+        # Recomputed only when the parameter set changes (a head replaced mid-run).
+        key = tuple(id(q) for q in root.parameters())
+        if self._block_cache is None or self._block_cache[0] != key:
+            self._block_cache = (key, block_map(root, self.config.block_depth))
+        return self._block_cache[1]
 
     def _update_ratio(self) -> None:
         before, params, keys = self._snapshot

@@ -42,21 +42,21 @@ def input_stats(x: torch.Tensor) -> Stats:
     """Whole-batch mean/std/min/max, fraction in [0, 1], and per-channel mean/std."""
     xf = x.detach()
     if not xf.is_floating_point():
-        xf = xf.float()
-        return ["min", "max"], torch.stack([xf.min(), xf.max()]).float()
+        lo, hi = torch.aminmax(xf)
+        return ["min", "max"], torch.stack([lo, hi]).float()
     xf = xf.float()
+    std, mean = torch.std_mean(xf) if xf.numel() > 1 else (xf.new_zeros(()), xf.mean())
+    lo, hi = torch.aminmax(xf)
+    unit = ((xf >= 0) & (xf <= 1)).sum() / xf.numel()
     names = ["mean", "std", "min", "max", "unit_fraction"]
-    parts = [xf.mean(), xf.std() if xf.numel() > 1 else xf.new_zeros(()), xf.min(), xf.max(),
-             ((xf >= 0) & (xf <= 1)).float().mean()]
-    if xf.dim() >= 3 and 1 <= xf.shape[1] <= MAX_CHANNELS:
+    head = torch.stack([mean, std, lo, hi, unit.float()])
+    if xf.dim() >= 3 and 1 <= xf.shape[1] <= MAX_CHANNELS and xf.numel() // xf.shape[1] > 1:
         dims = [0] + list(range(2, xf.dim()))
-        ch_mean = xf.mean(dim=dims)
-        ch_std = xf.std(dim=dims) if xf.numel() // xf.shape[1] > 1 else torch.zeros_like(ch_mean)
+        ch_std, ch_mean = torch.std_mean(xf, dim=dims)
         for c in range(xf.shape[1]):
             names += [f"c{c}.mean", f"c{c}.std"]
-        parts = [torch.stack(parts), torch.stack([ch_mean, ch_std], dim=1).reshape(-1)]
-        return names, torch.cat(parts)
-    return names, torch.stack(parts)
+        return names, torch.cat([head, torch.stack([ch_mean, ch_std], dim=1).reshape(-1)])
+    return names, head
 
 
 @torch.no_grad()
@@ -88,18 +88,17 @@ def output_stats(out: torch.Tensor) -> Stats:
 
 @torch.no_grad()
 def activation_stats(out: torch.Tensor, rectifier: bool) -> Stats:
-    """Output range; for rectifiers also the fraction of units (dim 1) never positive."""
+    """Output range; for rectifiers the max and the fraction of units (dim 1) never positive
+    (their minimum is 0 by construction, so it is not computed)."""
     o = out.detach()
     if not o.is_floating_point() or o.numel() == 0:
         return [], torch.zeros(0)
-    names = ["min", "max"]
-    parts = [o.min().float(), o.max().float()]
     if rectifier and o.dim() >= 2:
         dims = [d for d in range(o.dim()) if d != 1]
-        dead = (o.amax(dim=dims) <= 0).float().mean()
-        names.append("dead_fraction")
-        parts.append(dead)
-    return names, torch.stack(parts)
+        unit_max = o.amax(dim=dims)  # one pass over the activation
+        return ["max", "dead_fraction"], torch.stack([unit_max.max(), (unit_max <= 0).float().mean()]).float()
+    lo, hi = torch.aminmax(o)
+    return ["min", "max"], torch.stack([lo, hi]).float()
 
 
 @torch.no_grad()
