@@ -18,6 +18,17 @@ def main() -> None:
     ap.add_argument("--exit-zero", action="store_true")
     ap.add_argument("--crash-at", type=int, default=-1)
     ap.add_argument("--overlap", action="store_true")
+    # Bug switches for the quality tests (each a known silent bug):
+    ap.add_argument("--freeze", action="store_true")        # features frozen
+    ap.add_argument("--late-head", action="store_true")     # head replaced after the optimizer
+    ap.add_argument("--no-zero-grad", action="store_true")  # gradients accumulate forever
+    ap.add_argument("--eval-scale", type=float, default=1.0)  # eval data scaled differently
+    ap.add_argument("--upsample", type=int, default=1)      # inputs resized larger
+    ap.add_argument("--no-eval-mode", action="store_true")  # evaluation in training mode
+    ap.add_argument("--classes", type=int, default=4)       # output width
+    ap.add_argument("--lr-scale", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--detach-features", action="store_true")  # features get no gradient
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -26,19 +37,28 @@ def main() -> None:
     base = TensorDataset(x, y)
     train_idx = list(range(0, 384))
     test_idx = list(range(256, 512)) if args.overlap else list(range(384, 512))
-    train = DataLoader(Subset(base, train_idx), batch_size=32, shuffle=True)
-    test = DataLoader(Subset(base, test_idx), batch_size=64)
-    model = make_model()
+    test_base = base if args.eval_scale == 1.0 else TensorDataset(x * args.eval_scale, y)
+    train = DataLoader(Subset(base, train_idx), batch_size=args.batch, shuffle=True)
+    test = DataLoader(Subset(test_base, test_idx), batch_size=64)
+    model = make_model(args.classes, detach_features=args.detach_features)
+    if args.freeze:
+        for p in model.features.parameters():
+            p.requires_grad = False
     opt = torch.optim.SGD([
-        {"params": model.features.parameters(), "lr": 0.05},
-        {"params": model.head.parameters(), "lr": 0.1},
+        {"params": model.features.parameters(), "lr": 0.05 * args.lr_scale},
+        {"params": model.head.parameters(), "lr": 0.1 * args.lr_scale},
     ], momentum=0.9)
+    if args.late_head:
+        model.head = nn.Linear(8, args.classes)
     loss_fn = nn.CrossEntropyLoss()
     step = 0
     for epoch in range(args.epochs):
         model.train()
         for xb, yb in train:
-            opt.zero_grad()
+            if not args.no_zero_grad:
+                opt.zero_grad()
+            if args.upsample > 1:
+                xb = F.interpolate(xb, scale_factor=args.upsample)
             out = model(xb)
             loss = F.cross_entropy(out, yb) if args.functional else loss_fn(out, yb)
             loss.backward()
@@ -46,10 +66,13 @@ def main() -> None:
             step += 1
             if step == args.crash_at:
                 raise RuntimeError("boom at step %d" % step)
-        model.eval()
+        if not args.no_eval_mode:
+            model.eval()
         correct = 0
         with torch.no_grad():
             for xb, yb in test:
+                if args.upsample > 1:
+                    xb = F.interpolate(xb, scale_factor=args.upsample)
                 correct += (model(xb).argmax(1) == yb).sum().item()
         print(f"epoch {epoch} acc {correct / len(test.dataset):.3f}")
         if args.exit_zero and epoch == 0:
