@@ -24,15 +24,20 @@ class Field:
     required: bool = True
     nullable: bool = False
     doc: str = ""
+    choices: Tuple[Any, ...] = ()  # when set, the only values accepted
 
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
         if isinstance(value, bool) and bool not in self.types:
             return False  # YAML `true` must not pass as the number 1
+        if self.choices and value not in self.choices:
+            return False
         return isinstance(value, self.types)
 
     def type_names(self) -> str:
+        if self.choices:
+            return " | ".join(repr(c) for c in self.choices)
         names = [t.__name__ for t in self.types]
         if self.nullable:
             names.append("null")

@@ -16,7 +16,7 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.optim.optimizer as optimizer_module
@@ -118,8 +118,13 @@ class TraceSession:
     """
 
     def __init__(self, config: TraceConfig, sink: Callable[[List[Row]], None],
-                 on_first_forward: Optional[Callable[[nn.Module, tuple], None]] = None):
+                 on_first_forward: Optional[Callable[[nn.Module, tuple], None]] = None,
+                 extensions: Sequence[Any] = ()):
         self.config = config
+        # Observers beyond the built-in ones (e.g. cross-rank digests): objects with a
+        # `name` and `on_step(session, optimizer)`, called after every observed optimizer
+        # step, before the flush, fault-guarded like the built-in observers.
+        self.extensions = list(extensions)
         self.sink = sink
         self.on_first_forward = on_first_forward
         self.step = 0
@@ -223,6 +228,10 @@ class TraceSession:
             yield
         finally:
             self._quiet -= 1
+
+    def record(self, phase: str, variable: str, value: Any) -> None:
+        """Adds one observation at the current step (for extensions)."""
+        self._pending.value(self.step, phase, variable, value)
 
     def request_stop(self, reason: str) -> None:
         """Ends the run at the next optimizer step (listeners call this)."""
@@ -475,6 +484,8 @@ class TraceSession:
         now = time.perf_counter()
         self._step_times.append(now - self._step_started)
         if self.observed(self.step):
+            for ext in self.extensions:
+                self._guard(ext.name, ext.on_step, self, optimizer)
             p = self._pending
             # A median over recent steps: one step slowed by another process is not a cost change.
             p.value(self.step, "train", "step.time", statistics.median(self._step_times))

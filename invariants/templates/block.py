@@ -13,7 +13,8 @@ class AllNone:
     gradient, every trainable parameter is in the optimizer, no parameter is frozen."""
 
     ARITY = 1
-    EXPECT = {"quantifier": Field((str,), doc="'all' (fraction == 1) or 'none' (== 0)")}
+    EXPECT = {"quantifier": Field((str,), doc="'all' (fraction == 1) or 'none' (== 0)",
+                                choices=("all", "none"))}
 
     @staticmethod
     def fit(series: Series, min_runs: int) -> Fit | Discard:

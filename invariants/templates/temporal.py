@@ -24,7 +24,8 @@ class Trend:
 
     ARITY = 1
     EXPECT = {
-        "direction": Field((str,), doc="'decreasing' or 'increasing'"),
+        "direction": Field((str,), doc="'decreasing' or 'increasing'",
+                           choices=("decreasing", "increasing")),
         "min_change": Field(NUMBER, doc="relative change between window start and end"),
     }
 
