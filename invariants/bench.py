@@ -20,7 +20,8 @@ import torch.optim.optimizer as optimizer_module
 from invariants.check import Checker
 from invariants.mine import mine
 from invariants.model import InvariantSet
-from tracer.runner import _execute, check_script, reseeded, script_environment
+from invariants.workflow import CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY
+from tracer.runner import BufferedWriter, _execute, check_script, reseeded, script_environment
 from tracer.session import StepBudgetReached, TraceConfig, TraceSession
 from tracer.store import Store
 
@@ -78,11 +79,16 @@ def step_overhead(script: str, args: Sequence[str] = (), steps: int = 40, repeat
                 session = None
                 if mode != "plain":
                     run_id = store.new_run(script, list(args), label=f"bench {mode}")
-                    sinks: List[Callable[[Any], Any]] = [lambda r, rid=run_id: store.add_observations(rid, r)]
+                    writer = BufferedWriter(store, run_id)
+                    sinks: List[Callable[[Any], Any]] = [writer]
+                    cfg = TraceConfig()
                     if mode == "check":
                         sinks.append(Checker(invariants).feed)
-                    session = TraceSession(TraceConfig(), lambda r, sinks=sinks: [s(r) for s in sinks])
+                        cfg = TraceConfig(dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
+                    session = TraceSession(cfg, lambda r, sinks=sinks: [s(r) for s in sinks])
                 samples[mode] += _run(script, args, steps, session)
+                if session is not None:
+                    writer.close()
     return StepTiming(script, {m: statistics.median(v) for m, v in samples.items() if v})
 
 

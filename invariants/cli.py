@@ -61,21 +61,32 @@ def script_arguments(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("script", type=click.Path(dir_okay=False))(f)
 
 
+# Recording (trace, infer) observes densely; checking needs every step only at the start
+# (structural bugs by step 1) and samples afterwards, which keeps its overhead low.
+RECORD_SAMPLING = (50, 10)
+CHECK_SAMPLING = (5, 5)
+
+
 def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--dense-steps", default=50, show_default=True,
-                     help="Observe every step below this one ...")(f)
-    f = click.option("--sample-every", default=10, show_default=True,
-                     help="... then every N-th step.")(f)
+    f = click.option("--dense-steps", default=None, type=int,
+                     help="Observe every step below this one ... [default: 50; check: 5]")(f)
+    f = click.option("--sample-every", default=None, type=int,
+                     help="... then every N-th step. [default: 10; check: 5]")(f)
     f = click.option("--block-depth", default=1, show_default=True,
                      help="Module levels below the root model that form a block.")(f)
     return f
 
 
-def _config(steps: int, dense_steps: int, sample_every: int, block_depth: int) -> Any:
+def _config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: int,
+            sampling: tuple = RECORD_SAMPLING) -> Any:
     from tracer.session import TraceConfig
-    if steps < 0:
-        _fail(f"--steps must be >= 0, got {steps}", Exit.BAD_INPUT)
-    return TraceConfig(steps=steps, dense_steps=dense_steps, sample_every=sample_every,
+    for name, value in (("--steps", steps), ("--dense-steps", dense_steps), ("--sample-every", sample_every)):
+        if value is not None and value < 0:
+            _fail(f"{name} must be >= 0, got {value}", Exit.BAD_INPUT)
+    if block_depth < 1:
+        _fail(f"--block-depth must be >= 1, got {block_depth}", Exit.BAD_INPUT)
+    return TraceConfig(steps=steps, dense_steps=sampling[0] if dense_steps is None else dense_steps,
+                       sample_every=sampling[1] if sample_every is None else sample_every,
                        block_depth=block_depth)
 
 
@@ -256,7 +267,7 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
     from invariants import workflow
     invs = workflow.load_invariants(against, store_dir)
     budget = steps if steps is not None else int(invs.meta.get("steps") or 30)
-    cfg = _config(budget, dense_steps, sample_every, block_depth)
+    cfg = _config(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
     # A machine-readable report owns stdout: the script's own prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if fmt != "text" and not output else contextlib.nullcontext()
     with redirect:

@@ -20,6 +20,8 @@ from tracer.session import TraceConfig, TraceSession
 from tracer.store import Store
 
 SEED_STRIDE = 101  # seed offset between reference runs
+# check observes every step only at the start (structural bugs by step 1), then samples.
+CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY = 5, 5
 Progress = Callable[[str], None]
 
 
@@ -88,7 +90,7 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
           seed_offset: int = 0) -> CheckReport:
     """Runs the script under the tracer and evaluates the invariants as observations arrive."""
     budget = steps if steps is not None else int(invariants.meta.get("steps") or 30)
-    cfg = config or TraceConfig(steps=budget)
+    cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
     sessions: List[TraceSession] = []
     rank = {"warning": 1, "error": 2}[fail_on]
 

@@ -13,6 +13,7 @@ from invariants.check import Checker
 from invariants.explain import explain
 from invariants.mine import mine
 from invariants.model import InvariantSet
+from invariants.workflow import CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY
 from tests.conftest import SCRIPTS
 from tracer.runner import run_script
 from tracer.session import TraceConfig
@@ -24,7 +25,9 @@ STEPS = 30
 def _check(invariants: InvariantSet, args: List[str], seed_offset: int = 999):
     checker = Checker(invariants)
     with contextlib.redirect_stdout(io.StringIO()):
-        res = run_script(PLAIN, args, TraceConfig(steps=STEPS), checker.feed, seed_offset=seed_offset)
+        # the sampling `invar check` uses: dense for the first steps only
+        cfg = TraceConfig(steps=STEPS, dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
+        res = run_script(PLAIN, args, cfg, checker.feed, seed_offset=seed_offset)
     checker.finish()
     assert res.status == "budget", res.error
     violations = list(checker.violations.values())

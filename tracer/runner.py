@@ -58,6 +58,23 @@ class RunResult:
         return self.status == "crashed"
 
 
+class BufferedWriter:
+    """A session sink that writes observations to the store in batches of WRITE_BATCH rows
+    (one transaction each) instead of one transaction per flush; `close()` writes the rest."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.run_id, self.rows = store, run_id, []  # type: ignore[var-annotated]
+
+    def __call__(self, rows: List[Row]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= WRITE_BATCH:
+            self.close()
+
+    def close(self) -> None:
+        self.store.add_observations(self.run_id, self.rows)
+        self.rows = []
+
+
 def check_script(path: str | os.PathLike) -> Path:
     """The resolved script path; ScriptError when missing or not valid Python."""
     p = Path(path)
@@ -179,15 +196,10 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
     run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset)
     sessions: List[TraceSession] = []
 
-    # Store writes are batched across steps (one transaction per WRITE_BATCH rows);
-    # listeners still see every flush as it happens.
-    buffered: List[Row] = []
+    writer = BufferedWriter(store, run_id)
 
     def sink(rows: List[Row]) -> None:
-        buffered.extend(rows)
-        if len(buffered) >= WRITE_BATCH:
-            store.add_observations(run_id, buffered)
-            buffered.clear()
+        writer(rows)
         for listen in listeners:
             listen(rows)
 
@@ -200,7 +212,7 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
         result = run_script(path, args, config, sink, seed_offset=seed_offset,
                             on_first_forward=on_first_forward, on_session=keep)
     finally:
-        store.add_observations(run_id, buffered)
+        writer.close()
     result.run_id = run_id
     session = sessions[0]
     if session.graph is not None:

@@ -7,6 +7,7 @@ holding their values, so a whole step's statistics are gathered with one transfe
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -64,10 +65,11 @@ def label_stats(y: torch.Tensor) -> Optional[Stats]:
     """min, max and distinct count of integer class labels; None for other targets."""
     if y.is_floating_point() or y.is_complex() or y.numel() == 0 or y.dtype == torch.bool:
         return None
-    yd = y.detach()
-    distinct = torch.unique(yd).numel()
-    return ["min", "max", "distinct"], torch.stack(
-        [yd.min().float(), yd.max().float(), yd.new_tensor(distinct, dtype=torch.float32)])
+    yd = y.detach().reshape(-1)
+    lo, hi = torch.aminmax(yd)
+    # bincount over the shifted labels counts distinct classes without a sort (unique).
+    distinct = torch.bincount(yd - lo).count_nonzero()
+    return ["min", "max", "distinct"], torch.stack([lo.float(), hi.float(), distinct.float()])
 
 
 @torch.no_grad()
@@ -111,17 +113,12 @@ def norms(tensors: List[torch.Tensor]) -> torch.Tensor:
 
 def broadcast_larger(a: Sequence[int], b: Sequence[int]) -> bool:
     """True when two shapes broadcast to more elements than either has ([B,1] vs [B])."""
-    try:
-        out = torch.broadcast_shapes(tuple(a), tuple(b))
-    except RuntimeError:
-        return False
-    n = 1
-    for d in out:
-        n *= d
-    na = 1
-    for d in a:
-        na *= d
-    nb = 1
-    for d in b:
-        nb *= d
-    return n > max(na, nb)
+    n = max(len(a), len(b))
+    pa = [1] * (n - len(a)) + [int(d) for d in a]
+    pb = [1] * (n - len(b)) + [int(d) for d in b]
+    out = 1
+    for x, y in zip(pa, pb):
+        if x != y and 1 not in (x, y):
+            return False  # not broadcastable: the loss itself raises
+        out *= max(x, y)
+    return out > max(math.prod(pa), math.prod(pb))
