@@ -1,7 +1,7 @@
 """Evaluate an InvariantSet online, as a traced run's observations arrive."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from invariants.mine import family

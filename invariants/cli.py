@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -144,7 +144,6 @@ def _print_crash(res: Any) -> None:
 @store_option
 def runs(store_dir: str) -> None:
     """List the runs in the store."""
-    import time
     with _open_store(store_dir) as store:
         items = store.runs()
     if not items:
@@ -215,20 +214,22 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
             _print_crash(e.result)
             sys.exit(Exit.PIPELINE_CRASHED)
     invfile.dump(outcome.invariants, output)
-    _save_set(outcome.invariants, store_dir, output)
+    set_id = _save_set(outcome.invariants, store_dir, output)
     click.echo(_infer_summary(outcome, output))
+    click.echo(f"also stored as invariant set {set_id} in {store_dir}")
     if explain:
         click.echo("\nDiscarded candidates")
         for iid, reason in outcome.mined.discarded:
             click.echo(f"  {iid}: {reason}")
 
 
-def _save_set(invs: Any, store_dir: str, label: str) -> None:
+def _save_set(invs: Any, store_dir: str, label: str) -> str:
+    """Keeps a copy of the set in the store; returns its id (usable as --against/export SOURCE)."""
     from invariants import invfile
-    import time
     set_id = "set-" + time.strftime("%Y%m%d-%H%M%S")
     with _open_store(store_dir) as store:
         store.save_invariant_set(set_id, label, invfile.dumps(invs, "json"))
+    return set_id
 
 
 def _infer_summary(outcome: Any, output: str) -> str:

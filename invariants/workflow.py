@@ -3,13 +3,14 @@ it (check). The only module besides cli.py that joins tracer, solver and invaria
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from invariants import invfile
+from invariants import __version__, invfile
 from invariants.check import Checker, Violation
 from invariants.explain import explain
 from invariants.mine import MineResult, mine
@@ -78,7 +79,6 @@ def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar") -> Infer
 
 
 def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Optional[str]]) -> Dict[str, Any]:
-    from invariants import __version__
     return {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
             "run_ids": [r for r in run_ids if r], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "torch": str(torch.__version__), "invar": __version__}
@@ -119,7 +119,6 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
 
 def load_invariants(source: str, store_dir: str = ".invar") -> InvariantSet:
     """An invariant file, or the id of an invariant set saved in the store."""
-    import os
     if os.path.exists(source) or not os.path.isdir(store_dir):
         return invfile.load(source)
     with Store(store_dir) as store:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Sequence
 
 from invariants.registry import NUMBER, Field, register
 from invariants.templates.base import Discard, Fit, Series, fmt
