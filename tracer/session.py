@@ -314,6 +314,10 @@ class TraceSession:
 
     def _root_called(self, root: nn.Module, args: tuple) -> None:
         phase = "train" if (root.training and torch.is_grad_enabled()) else "eval"
+        cur = self._current_loader
+        if (phase == "train" and cur is not None and self._roles.get(cur) != "train"
+                and "train" in self._roles.values()):
+            phase = "eval"  # batches of a loader that never drives optimizer steps are evaluation
         self._phase = phase
         if not self._first_forward_done:
             self._first_forward_done = True
