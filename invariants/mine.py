@@ -15,7 +15,7 @@ from invariants.templates.basic import Constant, Magnitude, OneOf, Range
 from invariants.templates.block import AllNone, Disjoint
 from invariants.templates.relational import Equal, Ratio
 from invariants.templates.temporal import Trend
-from invariants.variables import block_of, family_of, kind_of
+from invariants.variables import block_of, describe, family_of, kind_of
 
 Row = Tuple[int, str, str, Optional[float], Optional[str]]
 
@@ -69,14 +69,14 @@ class _Miner:
             id=iid, template=template.NAME, target=target, expect=dict(result.expect),
             when=When(phase=phase, steps=(0, window_end)), severity=severity, status="proposed",
             support=Support(runs=result.runs, observations=result.observations, span=span),
-            why=f"{what} {template.expected(result.expect)} in every reference run "
+            why=f"{what} was {template.expected(result.expect)} in every reference run "
                 f"({result.runs} runs, {result.observations} observations).",
             locus=block_of(target[0]))
 
     def single(self, s: Series) -> None:
         k = kind_of(s.variable)
         target, phase = (s.variable,), s.phase
-        what = f"`{s.variable}` ({phase})"
+        what = f"In {phase}, {describe(s.variable)}"
         dyn_end = s.last_step  # training dynamics are only known for the traced steps
         if k.kind == "skip":
             self.discarded.append((make_id("*", target, phase), "not mined: recorded for people"))

@@ -68,6 +68,14 @@ _RULES: Tuple[Tuple[str, Kind], ...] = (
     (r"step\.time", Kind("scale", "cost", "warning")),
     (r"step\.peak_mem", Kind("skip", "cost", "warning")),
     (r"tracer\..+", Kind("skip", "tracer", "warning")),
+    # Cross-rank comparisons of distributed runs (tracer/distributed.py, docs/distributed.md):
+    (r"dist\..+\.ranks", Kind("skip", "replica_divergence", "error")),
+    (r"dist\.world_size", Kind("structure", "rank_config_mismatch", "warning")),
+    (r"dist\.(step_mismatch|layout_mismatch)", Kind("structure", "rank_config_mismatch", "error")),
+    (r"dist\.(lr_divergence|batch_size_divergence)", Kind("stat", "rank_config_mismatch", "error")),
+    (r"dist\.(batch_overlap|shared_samples)", Kind("disjoint", "duplicate_shards", "error")),
+    (r"dist\.block\..+\.param_divergence", Kind("stat", "replica_divergence", "error")),
+    (r"dist\.block\..+\.grad_divergence", Kind("stat", "unsynced_gradients", "error")),
 )
 _COMPILED = tuple((re.compile(p + r"\Z"), k) for p, k in _RULES)
 UNKNOWN = Kind("skip", "other", "warning")
@@ -94,7 +102,47 @@ def family_of(variable: str, phase: str) -> str:
 
 def block_of(variable: str) -> Optional[str]:
     """The module a variable is about (`block.layer2.0.grad_norm` -> `layer2.0`)."""
-    for prefix in ("block.", "act."):
+    for prefix in ("block.", "act.", "dist.block."):
         if variable.startswith(prefix):
             return variable[len(prefix):].rsplit(".", 1)[0]
     return None
+
+
+# What a variable means, for the one-sentence `why` of an invariant ({0}: the module).
+_MEANINGS: Tuple[Tuple[str, str], ...] = (
+    (r"input\.shape", "the model input's shape (without batch)"),
+    (r"input\.batch", "the batch size of the model input"),
+    (r"input\.(mean|std|min|max)", "the model input's batch {m}"),
+    (r"input\.unit_fraction", "the fraction of model input values in [0, 1]"),
+    (r"input\.c(\d+)\.(mean|std)", "channel {c} of the model input: its {m}"),
+    (r"output\.shape", "the model output's shape (without batch)"),
+    (r"output\.rows_sum_to_one", "whether output rows are already probabilities (1) or logits (0)"),
+    (r"loss\.input_shapes", "the shapes of the loss inputs"),
+    (r"loss\.broadcast", "whether the loss inputs broadcast to a larger shape"),
+    (r"loss\.value", "the loss"),
+    (r"model\.training", "the model's training flag"),
+    (r"model\.dropout_active", "the fraction of dropout modules in training mode"),
+    (r"block\.(.+)\.params", "the parameter count of block `{0}`"),
+    (r"block\.(.+)\.trainable_fraction", "the fraction of block `{0}`'s parameters that are trainable"),
+    (r"block\.(.+)\.in_optimizer_fraction", "the fraction of block `{0}`'s trainable parameters held by the optimizer"),
+    (r"block\.(.+)\.no_grad_fraction", "the fraction of block `{0}`'s trainable parameters without a gradient at optimizer.step()"),
+    (r"block\.(.+)\.grad_norm", "the gradient norm of block `{0}`"),
+    (r"block\.(.+)\.update_ratio", "the update ratio |dw|/|w| of block `{0}`"),
+    (r"act\.(.+)\.dead_fraction", "the fraction of units of `{0}` that never fire in a batch"),
+    (r"optim\.zero_grad_calls", "the number of zero_grad() calls between optimizer steps"),
+    (r"optim\.lr_max", "the largest learning rate over parameter groups"),
+    (r"loader\.(train|eval)\.batch_size", "the {0} DataLoader's batch size"),
+    (r"data\.overlap", "the number of evaluation samples that are also training samples"),
+    (r"step\.time", "the wall time per optimizer step (median of recent steps)"),
+)
+_MEANINGS_COMPILED = tuple((re.compile(p + r"\Z"), text) for p, text in _MEANINGS)
+
+
+def describe(variable: str) -> str:
+    """A variable's meaning in words (the name itself when no phrase is known)."""
+    for pattern, text in _MEANINGS_COMPILED:
+        m = pattern.match(variable)
+        if m:
+            groups = m.groups()
+            return text.format(*groups, m=groups[-1] if groups else "", c=groups[0] if groups else "")
+    return f"`{variable}`"
