@@ -6,6 +6,8 @@ here knows any case: expectations come from each case's metadata.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import io
 import multiprocessing
 import os
 import tempfile
@@ -110,7 +112,8 @@ def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 
     ref_script = str(case / (ref.get("script") or "reference.py"))
     ref_args = [str(a) for a in ref.get("args") or []]
     rows: List[Row] = []
-    with tempfile.TemporaryDirectory() as store:
+    # The pipelines' own prints would bury the table; their exit status and crashes are kept.
+    with tempfile.TemporaryDirectory() as store, contextlib.redirect_stdout(io.StringIO()):
         outcome = workflow.infer(ref_script, ref_args, runs=runs, steps=steps, store_dir=store)
         invs = outcome.invariants
         counts = {"invariants": len(invs.invariants), "suppressed": outcome.mined.suppressed,
@@ -156,6 +159,14 @@ def evaluate(corpus_dir: str, jobs: int = 1, runs: int = 3, steps: int = 30,
     return report
 
 
+def _short_cause(cause: str) -> str:
+    family, _, locus = cause.partition("@")
+    loci = [x for x in locus.split(", ") if x]
+    if len(loci) > 2:
+        locus = ", ".join(loci[:2]) + ", …"
+    return f"{family}@{locus}" if locus else family
+
+
 def render_markdown(report: EvalReport) -> str:
     t = report.totals()
     out = ["| case | variant | expected cause | detected | reported root cause | exact | step | severity | checked | s |",
@@ -168,7 +179,7 @@ def render_markdown(report: EvalReport) -> str:
             exact = "-"
             det = ("**false alarm**" if r.errors else "clean") + (f" ({r.warnings} warn.)" if r.warnings else "")
         out.append(f"| {r.case} | {r.variant} | {', '.join(r.expected) or '-'} | {det} | "
-                   f"{', '.join(r.root_causes[:3]) or '-'} | {exact} | "
+                   f"{', '.join(_short_cause(c) for c in r.root_causes[:3]) or '-'} | {exact} | "
                    f"{'-' if r.first_step is None else r.first_step} | {r.severity or '-'} | {r.checked} | {r.seconds} |")
     out.append("")
     out.append(f"Recall {100 * t['recall']:.0f}% ({t['bugs']} bug variants), exact root cause "

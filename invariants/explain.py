@@ -15,9 +15,9 @@ from invariants.check import SEVERITY_RANK, Violation
 
 EFFECTS = ("gradients", "updates", "loss_trend", "output_scale", "cost", "dead_units", "labels")
 CAUSAL_EDGES = {
-    "frozen": ("no_gradient", "not_in_optimizer", "gradients", "updates", "loss_trend"),
-    "not_in_optimizer": ("updates", "loss_trend", "gradients"),
-    "no_gradient": ("gradients", "updates", "loss_trend"),
+    "frozen": ("no_gradient", "not_in_optimizer", "gradients", "updates", "loss_trend", "output_scale"),
+    "not_in_optimizer": ("updates", "loss_trend", "gradients", "output_scale"),
+    "no_gradient": ("gradients", "updates", "loss_trend", "output_scale"),
     "input_size": ("cost", "input_scale", "eval_input_mismatch", "output_scale", "gradients", "updates", "dead_units", "loss_trend"),
     "input_scale": ("output_scale", "gradients", "updates", "dead_units", "loss_trend"),
     "batch_size": ("cost", "gradients", "updates", "loss_trend", "input_scale"),
@@ -30,6 +30,12 @@ CAUSAL_EDGES = {
     "dead_units": ("gradients", "updates", "loss_trend", "output_scale"),
     "loss_broadcast": ("gradients", "updates", "loss_trend"),
     "labels": ("output_width",),
+    # distributed runs: a rank-specific setting or unsynchronised gradients make replicas drift
+    "rank_config_mismatch": ("replica_divergence", "unsynced_gradients", "learning_rate", "batch_size",
+                             "gradients", "updates"),
+    "unsynced_gradients": ("replica_divergence", "gradients", "updates", "loss_trend"),
+    "replica_divergence": ("gradients", "updates", "loss_trend", "output_scale"),
+    "duplicate_shards": ("loss_trend",),
 }
 
 HINTS = {
@@ -59,6 +65,16 @@ HINTS = {
     "updates": "parameter updates differ from the reference",
     "optimizer": "the optimizer configuration differs from the reference",
     "labels": "labels differ from the reference",
+    "replica_divergence": "model replicas differ across ranks after the optimizer step: look for a forward "
+                          "through the unwrapped model (model.module(...)) that bypasses DDP's gradient "
+                          "sync, or rank-dependent code between backward() and optimizer.step()",
+    "unsynced_gradients": "gradients differ across ranks at optimizer.step(): DDP's all-reduce was bypassed "
+                          "(a forward through model.module, no_sync() on the last micro-batch) or gradients "
+                          "were changed on some ranks only (clipping or scaling inside `if rank == 0:`)",
+    "duplicate_shards": "ranks train on the same samples: give the DataLoader a DistributedSampler (and call "
+                        "sampler.set_epoch(epoch) every epoch) or shard the data by rank",
+    "rank_config_mismatch": "ranks run with different settings (learning rate, batch size, world size): "
+                            "derive hyperparameters from the world size, not the rank, and set them on every rank",
 }
 SILENCE = ("if this change is intended, re-run `invar infer` on the new pipeline or set the "
            "invariant's status to disabled in the invariant file")
