@@ -30,6 +30,8 @@ CAUSAL_EDGES = {
     "dead_units": ("gradients", "updates", "loss_trend", "output_scale"),
     "loss_broadcast": ("gradients", "updates", "loss_trend"),
     "labels": ("output_width",),
+    # an eval set drawn from the training data takes on the training data's statistics
+    "leakage": ("eval_input_mismatch",),
     # distributed runs: a rank-specific setting or unsynchronised gradients make replicas drift
     "rank_config_mismatch": ("replica_divergence", "unsynced_gradients", "learning_rate", "batch_size",
                              "gradients", "updates"),
