@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from invariants.model import Invariant, InvariantSet, SCHEMA_VERSION, Support, When, make_id
@@ -75,6 +75,8 @@ class _Miner:
 
     def single(self, s: Series) -> None:
         k = kind_of(s.variable)
+        if k.family == "eval_mode" and s.phase == "train":
+            k = replace(k, severity="warning")  # dropout settings while training are configuration
         target, phase = (s.variable,), s.phase
         what = f"In {phase}, {describe(s.variable)}"
         dyn_end = s.last_step  # training dynamics are only known for the traced steps
@@ -115,7 +117,7 @@ class _Miner:
         elif k.kind == "scale":
             self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
                       "warning", dyn_end, what)
-            if k.family in ("batch_size", "learning_rate", "cost"):
+            if k.family in ("batch_size", "learning_rate", "cost", "output_scale"):
                 self.magnitude(s, k.family, what)
         elif k.kind == "trend":
             self.emit(Trend, target, phase, Trend.fit(s, self.n_runs, dyn_end), k.severity, dyn_end, what)
@@ -124,7 +126,7 @@ class _Miner:
 
     def magnitude(self, s: Series, family: str, what: str) -> None:
         fit = Magnitude.fit(s, self.n_runs)
-        if isinstance(fit, Fit) and family != "batch_size":
+        if isinstance(fit, Fit) and family in ("learning_rate", "cost"):
             # Warm-up and one-cycle schedules legitimately start low; only "far too high"
             # (learning rate, cost) is an error.
             fit = Fit({"min": 0.0, "max": fit.expect["max"]}, fit.support_span, fit.observations, fit.runs)

@@ -51,3 +51,35 @@ def loss_patches(stack: contextlib.ExitStack, on_loss: Callable[[str, tuple, Any
             return loss
 
         stack.enter_context(patched(F, name, make))
+
+
+# Functional dropouts (nn.Dropout modules call these too) and attention with dropout_p:
+# name -> (position of p, position of the training flag or None when p alone decides).
+DROPOUT_FUNCTIONS = {
+    "dropout": (1, 2), "dropout1d": (1, 2), "dropout2d": (1, 2), "dropout3d": (1, 2),
+    "alpha_dropout": (1, 2), "feature_alpha_dropout": (1, 2),
+    "scaled_dot_product_attention": (4, None),
+}
+_DEFAULTS = {"p": 0.5, "training": True, "dropout_p": 0.0}
+
+
+def dropout_patches(stack: contextlib.ExitStack, on_dropout: Callable[[], None]) -> None:
+    """Wraps functional dropouts; `on_dropout()` runs when one actually drops (p > 0 and,
+    where the function takes one, training=True)."""
+    for name, (p_pos, train_pos) in DROPOUT_FUNCTIONS.items():
+        if not hasattr(F, name):
+            continue
+        p_key = "dropout_p" if train_pos is None else "p"
+
+        def make(original: Callable[..., Any], p_pos: int = p_pos, train_pos: Any = train_pos,
+                 p_key: str = p_key) -> Callable[..., Any]:
+            def dropout(*args: Any, **kwargs: Any) -> Any:
+                p = args[p_pos] if len(args) > p_pos else kwargs.get(p_key, _DEFAULTS[p_key])
+                training = True if train_pos is None else (
+                    args[train_pos] if len(args) > train_pos else kwargs.get("training", True))
+                if training and isinstance(p, (int, float)) and p > 0:
+                    on_dropout()
+                return original(*args, **kwargs)
+            return dropout
+
+        stack.enter_context(patched(F, name, make))

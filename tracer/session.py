@@ -28,7 +28,7 @@ from tracer import data as datamod
 from tracer import stats
 from tracer.blocks import ACTIVATIONS, RECTIFIERS, block_map, numel
 from tracer.graph import GraphRecord, capture, output_shapes
-from tracer.patches import CLASSIFICATION_LOSSES, loss_patches, patched
+from tracer.patches import CLASSIFICATION_LOSSES, dropout_patches, loss_patches, patched
 from tracer.store import Row
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -123,7 +123,8 @@ class TraceSession:
         self.config = config
         # Observers beyond the built-in ones (e.g. cross-rank digests): objects with a
         # `name` and `on_step(session, optimizer)`, called after every observed optimizer
-        # step, before the flush, fault-guarded like the built-in observers.
+        # step, before the flush, fault-guarded like the built-in observers. Optionally
+        # `on_input(session, root, args)`, called at every call of the root model.
         self.extensions = list(extensions)
         self.sink = sink
         self.on_first_forward = on_first_forward
@@ -143,6 +144,7 @@ class TraceSession:
         self._root: Optional[weakref.ref] = None
         self._names: Dict[int, str] = {}
         self._in_root = False
+        self._dropouts_applied = 0
         self._depth = 0
         self._recording: Optional[str] = None  # phase of the root call being recorded
         self._phase = "train"
@@ -211,6 +213,7 @@ class TraceSession:
         s.enter_context(patched(DataLoader, "__iter__", loader_iter))
         s.enter_context(patched(_BaseDataLoaderIter, "__next__", iter_next))
         loss_patches(s, lambda name, pair, result: self._guard("loss", self._loss, name, pair, result))
+        dropout_patches(s, self._dropout_applied)
         self._stack = s
         return self
 
@@ -294,6 +297,9 @@ class TraceSession:
             if module is root:
                 self._in_root = True
                 self._guard("input", self._root_called, module, args)
+                for ext in self.extensions:  # optional: extensions that watch the model input
+                    if hasattr(ext, "on_input"):
+                        self._guard(ext.name, ext.on_input, self, module, args)
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._quiet:
@@ -336,6 +342,7 @@ class TraceSession:
             self._examine_loader_late()
         self._seen_this_step.add((phase, "input"))
         self._recording = phase
+        self._dropouts_applied = 0
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
         p, step = self._pending, self.step
         if x is not None:
@@ -358,6 +365,10 @@ class TraceSession:
         if phase == "train" and self.step > 0:
             p.value(step, phase, "optim.zero_grad_calls", self._zero_grad_calls)
 
+    def _dropout_applied(self) -> None:
+        if self._in_root and self._recording is not None and not self._quiet:
+            self._dropouts_applied += 1
+
     def _root_output(self, output: Any) -> None:
         out = output
         if isinstance(out, (tuple, list)):
@@ -369,6 +380,9 @@ class TraceSession:
         if not isinstance(out, torch.Tensor):
             return
         phase, step, p = self._recording or "train", self.step, self._pending
+        # Dropout that really dropped during this forward (modules and functional calls alike).
+        p.value(step, phase, "model.dropout_applied", self._dropouts_applied)
+        self._dropouts_applied = 0
         p.value(step, phase, "output.shape", stats.shape_text(out.shape[1:]))
         if out.dim() >= 1:
             p.value(step, phase, "output.width", out.shape[-1])
