@@ -31,12 +31,16 @@ class Violation:
     message: str
     hint: str = ""
     count: int = 1
+    ranks: Tuple[int, ...] = ()  # distributed runs: the ranks it concerns (docs/distributed.md)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"id": self.id, "template": self.template, "target": list(self.target),
-                "severity": self.severity, "expected": self.expected, "observed": self.observed,
-                "step": self.step, "phase": self.phase, "locus": self.locus, "family": self.family,
-                "message": self.message, "hint": self.hint, "count": self.count}
+        doc = {"id": self.id, "template": self.template, "target": list(self.target),
+               "severity": self.severity, "expected": self.expected, "observed": self.observed,
+               "step": self.step, "phase": self.phase, "locus": self.locus, "family": self.family,
+               "message": self.message, "hint": self.hint, "count": self.count}
+        if self.ranks:
+            doc["ranks"] = list(self.ranks)
+        return doc
 
 
 def _second_phase(inv: Invariant) -> str:
@@ -155,4 +159,13 @@ def _observed_text(inv: Invariant, values: Tuple[Any, ...]) -> str:
     if inv.template == "equal":
         a, b = values
         return f"{fmt(a)} - {fmt(b)} = {fmt(a - b) if isinstance(a, float) and isinstance(b, float) else '?'}"
-    return fmt(values[0])
+    v = values[0]
+    span = inv.support.span
+    if inv.template in ("magnitude", "range") and isinstance(v, float) and span and len(span) == 2 \
+            and all(isinstance(x, (int, float)) for x in span):
+        lo, hi = float(span[0]), float(span[1])
+        if hi > 0 and v > hi:
+            return f"{fmt(v)} ({v / hi:.3g}x the reference maximum {fmt(hi)})"
+        if lo > 0 and 0 < v < lo:
+            return f"{fmt(v)} (1/{lo / v:.3g} of the reference minimum {fmt(lo)})"
+    return fmt(v)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import io
 import json
 import sys
 import time
@@ -74,6 +75,9 @@ def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="... then every N-th step. [default: 10; check: 5]")(f)
     f = click.option("--block-depth", default=1, show_default=True,
                      help="Module levels below the root model that form a block.")(f)
+    f = click.option("--nproc-per-node", "nproc_per_node", type=int, default=None,
+                     help="Run SCRIPT on N local ranks under torchrun, one invar per rank "
+                          "(docs/distributed.md). [check: the reference's]")(f)
     return f
 
 
@@ -109,8 +113,11 @@ def cli() -> None:
 @store_option
 @trace_options
 def trace(script: str, script_args: Sequence[str], steps: int, label: Optional[str], store_dir: str,
-          dense_steps: int, sample_every: int, block_depth: int) -> None:
+          dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Run SCRIPT once under the tracer and record it in the store."""
+    from invariants import cli_distributed as ranked
+    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+        return ranked.trace(click.get_current_context())
     from tracer.runner import trace_to_store
     cfg = _config(steps, dense_steps, sample_every, block_depth)
     with _open_store(store_dir) as store:
@@ -196,8 +203,11 @@ def show(run_id: str, store_dir: str) -> None:
 @trace_options
 def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps: int, output: str,
           from_runs: Sequence[str], explain: bool, store_dir: str, dense_steps: int, sample_every: int,
-          block_depth: int) -> None:
+          block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Learn invariants from reference runs of SCRIPT and write them to a file."""
+    from invariants import cli_distributed as ranked
+    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+        return ranked.infer(click.get_current_context())
     from invariants import invfile, workflow
     if not from_runs and not script:
         _fail("give a SCRIPT to trace, or --from RUN_ID to mine stored runs", Exit.BAD_INPUT)
@@ -262,11 +272,14 @@ def _infer_summary(outcome: Any, output: str) -> str:
 @trace_options
 def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
           output: Optional[str], fail_fast: bool, fail_on: str, store_dir: str, dense_steps: int,
-          sample_every: int, block_depth: int) -> None:
+          sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Check SCRIPT against learned invariants while it runs."""
     from invariants import report as rep
     from invariants import workflow
     invs = workflow.load_invariants(against, store_dir)
+    from invariants import cli_distributed as ranked
+    if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
+        return ranked.check(click.get_current_context(), invs)
     budget = steps if steps is not None else int(invs.meta.get("steps") or 30)
     cfg = _config(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
     # A machine-readable report owns stdout: the script's own prints go to stderr.
@@ -370,11 +383,15 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     targets = list(scripts) or [str(p) for p in sorted(Path("corpus").glob("*/reference.py"))]
     if not targets:
         _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
-    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8}")
+    from invariants import shapes as shapes_mod
+    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} {'static s':>9}")
     for script in targets:
         t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+        with contextlib.redirect_stdout(io.StringIO()):
+            static = shapes_mod.run(script, [])
+        seconds = f"{static.report.seconds:.2f}" if static.report else "-"
         click.echo(f"{_short(script):<40} {1000 * t.medians['plain']:>13.2f} "
-                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x")
+                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x {seconds:>9}")
     m = b.mining_time(mining_runs, mining_steps)
     click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
                f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")
@@ -392,6 +409,31 @@ def demo(store_dir: Optional[str]) -> None:
     from corpus import harness
     code = harness.demo(store_dir, echo=click.echo, progress=_err)
     sys.exit(code)
+
+
+# -- shapes -----------------------------------------------------------------------------
+@cli.command(epilog=EXIT_HELP)
+@script_arguments
+@click.option("--probe", "probes", multiple=True, metavar="CxHxW",
+              help="An input size (without batch) to test for acceptance; repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def shapes(script: str, script_args: Sequence[str], probes: Sequence[str], fmt: str) -> None:
+    """Static shape analysis: run SCRIPT up to its model's first call, analyse, stop.
+
+    Reports the symbolic output shape (is it [B, K] for every batch size?), the accepted
+    input sizes and the module whose guard rejects a probe, each stage's feature-map size
+    and the FLOPs / activation memory per step as functions of the input."""
+    from invariants import shapes as shapes_mod
+    try:
+        sizes = [tuple(int(v) for v in p.lower().split("x")) for p in probes]
+    except ValueError:
+        _fail(f"--probe takes sizes like 3x224x224, got {', '.join(probes)}", Exit.BAD_INPUT)
+    with contextlib.redirect_stdout(sys.stderr):
+        outcome = shapes_mod.run(script, script_args, sizes)
+    if outcome.report is None:
+        _fail(f"the model was never called: {outcome.reason}", Exit.PIPELINE_CRASHED
+              if outcome.crashed else Exit.BAD_INPUT)
+    click.echo(json.dumps(outcome.to_json(), indent=2) if fmt == "json" else outcome.text())
 
 
 # -- entry point ------------------------------------------------------------------------

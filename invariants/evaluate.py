@@ -111,21 +111,33 @@ def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 
     ref = meta.get("reference") or {}
     ref_script = str(case / (ref.get("script") or "reference.py"))
     ref_args = [str(a) for a in ref.get("args") or []]
+    nproc = int((meta.get("launch") or {}).get("nproc") or 1)  # > 1: one invar per rank (torchrun)
     rows: List[Row] = []
     # The pipelines' own prints would bury the table; their exit status and crashes are kept.
     with tempfile.TemporaryDirectory() as store, contextlib.redirect_stdout(io.StringIO()):
-        outcome = workflow.infer(ref_script, ref_args, runs=runs, steps=steps, store_dir=store)
+        if nproc > 1:
+            from invariants import invfile, ranks
+            outcome = ranks.infer_launched(ref_script, ref_args, nproc, runs=runs, steps=steps,
+                                           store_dir=store, quiet=True)
+            invfile.dump(outcome.invariants, Path(store) / "invariants.json")
+        else:
+            outcome = workflow.infer(ref_script, ref_args, runs=runs, steps=steps, store_dir=store)
         invs = outcome.invariants
+
+        def check(script: str, args: List[str], seed_offset: int = 0) -> Any:
+            if nproc > 1:
+                return ranks.check_launched(script, args, str(Path(store) / "invariants.json"), invs, nproc,
+                                            steps=steps, store_dir=store, seed_offset=seed_offset, quiet=True)
+            return workflow.check(script, args, invs, steps=steps, store_dir=store, seed_offset=seed_offset)
         counts = {"invariants": len(invs.invariants), "suppressed": outcome.mined.suppressed,
                   "discarded": len(outcome.mined.discarded),
                   "errors": sum(1 for i in invs.invariants if i.severity == "error")}
-        loo = workflow.check(ref_script, ref_args, invs, steps=steps, store_dir=store,
-                             seed_offset=LOO_SEED_OFFSET)
+        loo = check(ref_script, ref_args, seed_offset=LOO_SEED_OFFSET)
         rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, 1 if loo.errors else 0))
         for v in meta.get("variants") or []:
             script = str(case / v["script"])
             args = [str(a) for a in v.get("args") or []]
-            rep = workflow.check(script, args, invs, steps=steps, store_dir=store)
+            rep = check(script, args)
             code = 3 if rep.crash else (1 if rep.errors else 0)
             rows.append(_row_from(case.name, v["script"], v.get("kind", "bug"), v, rep, code))
     return {"rows": [asdict(r) for r in rows], "invariants": counts}

@@ -115,17 +115,19 @@ class _Miner:
             self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=DEAD_FLOOR,
                                                      lo_clip=0.0, hi_clip=1.0), k.severity, dyn_end, what)
         elif k.kind == "scale":
-            self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
-                      "warning", dyn_end, what)
+            # static.* facts are computed once per run: three runs are enough support
+            once = s.variable.startswith("static.")
+            self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR, per_run=once),
+                      "warning", None if once else dyn_end, what)
             if k.family in ("batch_size", "learning_rate", "cost", "output_scale"):
-                self.magnitude(s, k.family, what)
+                self.magnitude(s, k.family, what, per_run=once)
         elif k.kind == "trend":
             self.emit(Trend, target, phase, Trend.fit(s, self.n_runs, dyn_end), k.severity, dyn_end, what)
             self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
                       "warning", dyn_end, what)
 
-    def magnitude(self, s: Series, family: str, what: str) -> None:
-        fit = Magnitude.fit(s, self.n_runs)
+    def magnitude(self, s: Series, family: str, what: str, per_run: bool = False) -> None:
+        fit = Magnitude.fit(s, self.n_runs, per_run)
         if isinstance(fit, Fit) and family in ("learning_rate", "cost"):
             # Warm-up and one-cycle schedules legitimately start low; only "far too high"
             # (learning rate, cost) is an error.

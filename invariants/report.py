@@ -82,7 +82,8 @@ def render_text(r: CheckReport) -> str:
         for c in r.causes:
             for v in sorted(c.violations, key=lambda v: (v.step, v.id))[:12]:
                 more = f" (x{v.count})" if v.count > 1 else ""
-                out.append(f"  [{v.severity}] step {v.step} {v.phase}: {' vs '.join(v.target)}"
+                where = f" rank {','.join(map(str, v.ranks))}" if v.ranks else ""
+                out.append(f"  [{v.severity}] step {v.step} {v.phase}{where}: {' vs '.join(v.target)}"
                            f" observed {v.observed}, expected {v.expected}{more}  ({v.id})")
             if len(c.violations) > 12:
                 out.append(f"  ... {len(c.violations) - 12} more for {c.family}")

@@ -35,7 +35,9 @@ _RULES: Tuple[Tuple[str, Kind], ...] = (
     (r"input\.side", Kind("structure", "input_size", "error")),
     (r"input\.dtype", Kind("category", "input_scale", "error")),
     (r"input\.batch", Kind("scale", "batch_size", "warning")),
-    (r"input\.(mean|std|min|max|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+    (r"input\.(mean|std|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+    # extremes hinge on single outlier values of a batch: drift, not structure
+    (r"input\.(min|max)", Kind("stat", "input_scale", "warning")),
     (r"label\.shape", Kind("category", "labels", "error")),
     (r"label\.(min|max|distinct)", Kind("skip", "labels", "warning")),
     (r"output\.shape", Kind("category", "output_width", "error")),
@@ -70,6 +72,10 @@ _RULES: Tuple[Tuple[str, Kind], ...] = (
     (r"step\.time", Kind("scale", "cost", "warning")),
     (r"step\.peak_mem", Kind("skip", "cost", "warning")),
     (r"tracer\..+", Kind("skip", "tracer", "warning")),
+    # The static phase (solver/), computed at the root model's first call:
+    (r"static\.output_polymorphic", Kind("structure", "output_width", "error")),
+    (r"static\.prepool_map", Kind("category", "input_size", "error")),
+    (r"static\.(flops|activation_bytes)_per_sample", Kind("scale", "cost", "warning")),
     # Cross-rank comparisons of distributed runs (tracer/distributed.py, docs/distributed.md):
     (r"dist\..+\.ranks", Kind("skip", "replica_divergence", "error")),
     (r"dist\.world_size", Kind("structure", "rank_config_mismatch", "warning")),
@@ -137,6 +143,10 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"loader\.(train|eval)\.batch_size", "the {0} DataLoader's batch size"),
     (r"data\.overlap", "the number of evaluation samples that are also training samples"),
     (r"step\.time", "the wall time per optimizer step (median of recent steps)"),
+    (r"static\.output_polymorphic", "whether the output is provably [B, K] for every batch size B"),
+    (r"static\.prepool_map", "the spatial size of the last feature map that still depends on the input size"),
+    (r"static\.flops_per_sample", "the predicted forward FLOPs per sample"),
+    (r"static\.activation_bytes_per_sample", "the predicted activation memory per sample"),
 )
 _MEANINGS_COMPILED = tuple((re.compile(p + r"\Z"), text) for p, text in _MEANINGS)
 

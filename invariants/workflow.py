@@ -16,6 +16,9 @@ from invariants.explain import explain
 from invariants.mine import MineResult, mine
 from invariants.model import InvariantSet
 from invariants.report import CheckReport
+from invariants.static import StaticPhase
+from invariants.static import describe as describe_static
+from invariants.static import hooks as static_hooks
 from tracer.runner import RunResult, trace_to_store
 from tracer.session import TraceConfig, TraceSession
 from tracer.store import Store
@@ -54,8 +57,10 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
         for i in range(runs):
             collected: List[Any] = []
             progress(f"reference run {i + 1}/{runs}: tracing {steps or 'all'} steps of {script} ...")
+            static = StaticPhase()
             res = trace_to_store(store, script, args, cfg, label=f"infer {i + 1}/{runs}",
-                                 seed_offset=i * SEED_STRIDE, listeners=[collected.extend])
+                                 seed_offset=i * SEED_STRIDE, listeners=[collected.extend],
+                                 on_first_forward=static, on_session=static_hooks(static))
             progress(f"reference run {i + 1}/{runs}: {res.status}, {res.steps} steps, "
                      f"{res.observations} observations, {res.seconds:.1f} s (run {res.run_id})")
             if res.crashed:
@@ -99,13 +104,15 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
             sessions[0].request_stop(f"--fail-fast: {v.id} violated at step {v.step}")
 
     checker = Checker(invariants, on_violation=on_violation)
+    static = StaticPhase()
     with Store(store_dir) as store:
         res = trace_to_store(store, script, args, cfg, label="check", listeners=[checker.feed],
-                             on_session=sessions.append, seed_offset=seed_offset)
+                             on_first_forward=static, on_session=static_hooks(static, sessions.append),
+                             seed_offset=seed_offset)
     checker.finish()
     violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
     causes = explain(violations)
-    notes = []
+    notes = describe_static(static.report)
     if res.stop_reason:
         notes.append(f"stopped early: {res.stop_reason}")
     if res.faults:
@@ -114,7 +121,8 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
                        steps=res.steps, invariants_total=len(invariants.invariants),
                        invariants_checked=len(checker.checked), invariants_disabled=checker.skipped,
                        violations=violations, causes=causes, seconds=res.seconds, fail_on=fail_on,
-                       crash=res.error if res.crashed else None, notes=notes)
+                       crash=res.error if res.crashed else None, notes=notes,
+                       static=static.report.to_json() if static.report is not None else None)
 
 
 def load_invariants(source: str, store_dir: str = ".invar") -> InvariantSet:

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# Data-parallel wrappers are not a level either: their blocks are the wrapped model's.
+WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 ROOT_BLOCK = "_root"  # parameters registered directly on the root model
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -42,7 +44,10 @@ def block_prefixes(root: nn.Module, depth: int = 1) -> List[str]:
             else:
                 prefixes.append(full)
 
-    walk(root, "", 0)
+    if isinstance(root, WRAPPERS):
+        walk(root.module, "module", 0)
+    else:
+        walk(root, "", 0)
     return prefixes
 
 

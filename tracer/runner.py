@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,12 +62,13 @@ class BufferedWriter:
     """A session sink that writes observations to the store in batches of WRITE_BATCH rows
     (one transaction each) instead of one transaction per flush; `close()` writes the rest."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, batch: int = WRITE_BATCH):
         self.store, self.run_id, self.rows = store, run_id, []  # type: ignore[var-annotated]
+        self.batch = batch
 
     def __call__(self, rows: List[Row]) -> None:
         self.rows.extend(rows)
-        if len(self.rows) >= WRITE_BATCH:
+        if len(self.rows) >= self.batch:
             self.close()
 
     def close(self) -> None:
@@ -142,7 +143,8 @@ def _script_traceback(exc: BaseException, script: Path) -> str:
 def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConfig,
                sink: Callable[[List[Row]], None], *, seed_offset: int = 0,
                on_first_forward: Optional[Callable[..., None]] = None,
-               on_session: Optional[Callable[[TraceSession], None]] = None) -> RunResult:
+               on_session: Optional[Callable[[TraceSession], None]] = None,
+               extensions: Sequence[Any] = ()) -> RunResult:
     """Runs the script under a TraceSession; observations go to `sink` as they are flushed."""
     path = check_script(script)
     counted = [0]
@@ -151,7 +153,7 @@ def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConf
         counted[0] += len(rows)
         sink(rows)
 
-    session = TraceSession(config, counting_sink, on_first_forward=on_first_forward)
+    session = TraceSession(config, counting_sink, on_first_forward=on_first_forward, extensions=extensions)
     if on_session is not None:
         on_session(session)
     start = time.perf_counter()
@@ -190,13 +192,22 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
                    *, label: Optional[str] = None, seed_offset: int = 0,
                    listeners: Sequence[Callable[[List[Row]], None]] = (),
                    on_first_forward: Optional[Callable[..., None]] = None,
-                   on_session: Optional[Callable[[TraceSession], None]] = None) -> RunResult:
-    """Runs the script traced and records run, observations, graph and facts in `store`."""
+                   on_session: Optional[Callable[[TraceSession], None]] = None,
+                   extensions: Sequence[Any] = (), rank: int = 0, world_size: int = 1,
+                   facts: Optional[Dict[str, Any]] = None, write_batch: int = WRITE_BATCH) -> RunResult:
+    """Runs the script traced and records run, observations, graph and facts in `store`.
+
+    Distributed ranks pass their `rank`/`world_size`, `facts` recorded before the run starts
+    (the launch group, so that a killed rank's partial trace is still found) and
+    `write_batch=1` (every flush written at once: a killed rank loses at most one step)."""
     path = check_script(script)
-    run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset)
+    run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset,
+                           rank=rank, world_size=world_size)
+    for key, value in (facts or {}).items():
+        store.set_fact(run_id, key, value)
     sessions: List[TraceSession] = []
 
-    writer = BufferedWriter(store, run_id)
+    writer = BufferedWriter(store, run_id, write_batch)
 
     def sink(rows: List[Row]) -> None:
         writer(rows)
@@ -210,7 +221,7 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
 
     try:
         result = run_script(path, args, config, sink, seed_offset=seed_offset,
-                            on_first_forward=on_first_forward, on_session=keep)
+                            on_first_forward=on_first_forward, on_session=keep, extensions=extensions)
     finally:
         writer.close()
     result.run_id = run_id

@@ -236,6 +236,10 @@ class TraceSession:
         """Adds one observation at the current step (for extensions)."""
         self._pending.value(self.step, phase, variable, value)
 
+    def current_loader(self) -> Optional[DataLoader]:
+        """The DataLoader whose batch is being processed, if any."""
+        return self._loaders.get(self._current_loader) if self._current_loader is not None else None
+
     def request_stop(self, reason: str) -> None:
         """Ends the run at the next optimizer step (listeners call this)."""
         self.stop_reason = reason
@@ -248,13 +252,17 @@ class TraceSession:
         try:
             return fn(*args)
         except Exception as e:  # an observer fault must never reach the user's program
-            self._disabled.add(observer)
-            msg = f"{observer}: {type(e).__name__}: {e}"[:500]
-            self.faults.append(msg)
-            self._pending.value(self.step, "train", "tracer.fault", msg)
+            self._fault(observer, e)
             return None
         finally:
             self._quiet -= 1
+
+    def _fault(self, observer: str, e: Exception) -> None:
+        """Records an observer's exception and silences that observer for the run."""
+        self._disabled.add(observer)
+        msg = f"{observer}: {type(e).__name__}: {e}"[:500]
+        self.faults.append(msg)
+        self._pending.value(self.step, "train", "tracer.fault", msg)
 
     # -- step accounting --------------------------------------------------------------
     def observed(self, step: int) -> bool:
@@ -329,8 +337,11 @@ class TraceSession:
             self._first_forward_done = True
             self._step_started = time.perf_counter()  # step 0 starts here, not at import time
             if self.on_first_forward is not None:
-                with self.quiet():
-                    self.on_first_forward(root, args)
+                try:
+                    with self.quiet():
+                        self.on_first_forward(root, args)
+                except Exception as e:  # the static phase failing must not silence input stats
+                    self._fault("static", e)
             self._module_calls = []
         if phase == "train":
             if not self.observed(self.step) or ("train", "input") in self._seen_this_step:

@@ -176,6 +176,11 @@ class Store:
         return self._db.execute("SELECT COUNT(*) FROM observations WHERE run_id = ?",
                                 (run_id,)).fetchone()[0]
 
+    def last_step(self, run_id: str) -> Optional[int]:
+        """The last step with an observation (where a killed run's trace ends), or None."""
+        return self._db.execute("SELECT MAX(step) FROM observations WHERE run_id = ?",
+                                (run_id,)).fetchone()[0]
+
     def variables(self, run_id: str) -> List[str]:
         return [r[0] for r in self._db.execute(
             "SELECT DISTINCT variable FROM observations WHERE run_id = ? ORDER BY variable",

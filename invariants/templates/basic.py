@@ -66,10 +66,15 @@ class OneOf:
         return "one of " + ", ".join(fmt(v) for v in expect["values"])
 
 
+def enough(series: Series, per_run: bool) -> bool:
+    """Support: MIN_OBSERVATIONS values, or (`per_run`: a once-per-run fact) three runs."""
+    return series.observations >= MIN_OBSERVATIONS or (per_run and series.present_runs >= 3)
+
+
 def _bounds_fit(series: Series, log: bool, margin: float, floor: float, lower_only: bool = False,
-                lo_clip: float | None = None, hi_clip: float | None = None) -> Fit | Discard:
+                lo_clip: float | None = None, hi_clip: float | None = None, per_run: bool = False) -> Fit | Discard:
     values = [float(v) for v in series.values]
-    if len(values) < MIN_OBSERVATIONS:
+    if not enough(series, per_run):
         return Discard(f"too few observations ({len(values)} < {MIN_OBSERVATIONS})")
     if log and min(values) <= 0:
         return Discard("not positive: a log-scale bound does not apply")
@@ -133,9 +138,9 @@ class Magnitude:
     DECADES = 1.0
 
     @staticmethod
-    def fit(series: Series, min_runs: int) -> Fit | Discard:
+    def fit(series: Series, min_runs: int, per_run: bool = False) -> Fit | Discard:
         values = [float(v) for v in series.values]
-        if len(values) < MIN_OBSERVATIONS:
+        if not enough(series, per_run):
             return Discard(f"too few observations ({len(values)} < {MIN_OBSERVATIONS})")
         if min(values) <= 0:
             return Discard("not positive: order of magnitude undefined")

@@ -1,0 +1,218 @@
+"""The distributed side of `invar trace|infer|check` (docs/distributed.md).
+
+`--nproc-per-node N` makes the command a launcher: it runs the same command once per rank
+under torch.distributed.run, then merges the ranks' runs from the store and renders one
+result. Started by torchrun (RANK/WORLD_SIZE set), the command is one rank: it traces
+itself; when the user started torchrun, rank 0 then waits for the others and merges.
+Parse, call the library (invariants.ranks), render — like cli.py, of which this is a part.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import click
+
+from invariants.cli import (CHECK_SAMPLING, Exit, _config, _err, _fail, _infer_summary, _open_store,
+                            _print_crash, _run_summary, _save_set)
+
+
+def distributed(nproc_per_node: Optional[int], invariants: Any = None) -> bool:
+    """Whether the command runs the distributed way: launched as a rank, or asked to launch."""
+    from tracer.distributed import RankInfo
+    in_rank = RankInfo.from_env() is not None
+    if nproc_per_node is not None and nproc_per_node < 1:
+        _fail(f"--nproc-per-node must be >= 1, got {nproc_per_node}", Exit.BAD_INPUT)
+    if in_rank and nproc_per_node is not None and nproc_per_node > 1:
+        _fail("--nproc-per-node launches torchrun, but this process already is a rank of one "
+              "(RANK is set): drop the option", Exit.BAD_INPUT)
+    if nproc_per_node is None and invariants is not None:
+        nproc_per_node = int(invariants.meta.get("nproc_per_node") or 1)
+    return in_rank or (nproc_per_node or 1) > 1
+
+
+def rank_argv(ctx: click.Context) -> List[str]:
+    """The command line each rank runs: the same options without --nproc-per-node."""
+    out: List[str] = []
+    script, script_args = None, []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            if p.name == "script_args":
+                script_args = list(value or ())
+            else:
+                script = value
+            continue
+        if p.name == "nproc_per_node" or value is None or p.name == "help":
+            continue
+        if getattr(p, "is_flag", False):
+            out += [p.opts[0]] if value else []
+        elif getattr(p, "multiple", False):
+            for item in value:
+                out += [p.opts[0], str(item)]
+        else:
+            out += [p.opts[0], str(value)]
+    return out + ([str(script)] if script else []) + ["--"] + script_args
+
+
+def _nproc(ctx: click.Context, invariants: Any = None) -> int:
+    n = ctx.params.get("nproc_per_node")
+    if n is None and invariants is not None:
+        n = int(invariants.meta.get("nproc_per_node") or 1)
+        _err(f"invar: the invariants were learned on {n} ranks; launching {n} "
+             f"(--nproc-per-node 1 runs one process)")
+    return int(n or 1)
+
+
+def _launch(ctx: click.Context, verb: str, nproc: int, stdout: Any = None) -> tuple:
+    from invariants import ranks
+    from tracer.runner import check_script
+    check_script(ctx.params["script"])  # missing script / syntax error: exit 2 / 4 before launching
+    group = ranks.new_group()
+    code = ranks.launch(verb, rank_argv(ctx), nproc, group, stdout=stdout)
+    with _open_store(ctx.params["store_dir"]) as store:
+        runs = ranks.group_runs(store, group)
+    if not runs:
+        _err(f"invar: torchrun exited with status {code} before any rank recorded a run")
+        sys.exit(Exit.PIPELINE_CRASHED)
+    return group, runs
+
+
+# -- trace --------------------------------------------------------------------------------------
+def trace(ctx: click.Context) -> None:
+    from invariants import ranks
+    from tracer.distributed import RankInfo
+    p = ctx.params
+    info = RankInfo.from_env()
+    if info is None:
+        nproc = _nproc(ctx)
+        _, runs = _launch(ctx, "trace", nproc)
+        for r in runs:
+            click.echo(f"rank {r.rank}: run {r.run.id}  {r.run.status}, {r.run.steps} steps"
+                       + (f"  ({r.run.error})" if r.run.error else ""))
+        fail = ranks.failure(runs, nproc)
+        if fail:
+            _err(f"invar: the pipeline failed: {fail}")
+            sys.exit(Exit.PIPELINE_CRASHED)
+        return
+    cfg = _config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"])
+    res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label=p["label"] or "trace")
+    if not ranks.launched_by_invar():
+        click.echo(f"[rank {info.rank}/{info.world_size}] " + _run_summary(res))
+    if res.crashed:
+        _print_crash(res)
+        sys.exit(Exit.PIPELINE_CRASHED)
+
+
+# -- infer --------------------------------------------------------------------------------------
+def infer(ctx: click.Context) -> None:
+    from invariants import ranks
+    from invariants.workflow import SEED_STRIDE
+    from tracer.distributed import RankInfo
+    p = ctx.params
+    if p.get("from_runs"):
+        _fail("--from mines stored runs: drop --nproc-per-node", Exit.BAD_INPUT)
+    if not p.get("script"):
+        _fail("give a SCRIPT to trace", Exit.BAD_INPUT)
+    n_runs = p["n_runs"]
+    if n_runs < 1:
+        _fail(f"--runs must be >= 1, got {n_runs}", Exit.BAD_INPUT)
+    info = RankInfo.from_env()
+    if info is None:
+        nproc = _nproc(ctx)
+        _err(f"invar: {n_runs} reference run(s) of {p['script']} on {nproc} ranks (torchrun) ...")
+        group, runs = _launch(ctx, "infer", nproc)
+        _mine_and_write(ctx, runs, nproc)
+        return
+    cfg = _config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"])
+    for i in range(n_runs):
+        if info.rank == 0:
+            _err(f"reference run {i + 1}/{n_runs}: tracing {p['steps'] or 'all'} steps on "
+                 f"{info.world_size} ranks ...")
+        res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info,
+                               label=f"infer {i + 1}/{n_runs}", seed_offset=i * SEED_STRIDE, reference=i)
+        if res.crashed or res.status == "terminated":
+            if res.crashed:
+                _print_crash(res)
+            sys.exit(Exit.PIPELINE_CRASHED)
+    if ranks.launched_by_invar():
+        return
+    if info.rank != 0:
+        _err(f"invar: rank {info.rank} done; rank 0 mines the invariants")
+        return
+    runs = ranks.wait_for_group(p["store_dir"], info.group, info.world_size, n_runs)
+    _mine_and_write(ctx, runs, info.world_size)
+
+
+def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int) -> None:
+    from invariants import invfile, ranks, workflow
+    p = ctx.params
+    fail = ranks.failure(runs, nproc, p["n_runs"])
+    if fail:
+        _err(f"invar: a reference run failed: {fail}")
+        _err("invar: the partial traces are kept in the store (`invar runs`)")
+        sys.exit(Exit.PIPELINE_CRASHED)
+    outcome = workflow.infer_from_store(ranks.reference_run_ids(runs), p["store_dir"])
+    outcome.invariants = ranks.mine_meta(outcome.invariants, nproc)
+    invfile.dump(outcome.invariants, p["output"])
+    _save_set(outcome.invariants, p["store_dir"], p["output"])
+    click.echo(_infer_summary(outcome, p["output"]))
+    if p.get("explain"):
+        click.echo("\nDiscarded candidates")
+        for iid, reason in outcome.mined.discarded:
+            click.echo(f"  {iid}: {reason}")
+
+
+# -- check --------------------------------------------------------------------------------------
+def check(ctx: click.Context, invariants: Any) -> None:
+    from invariants import ranks
+    from tracer.distributed import RankInfo
+    p = ctx.params
+    if p["fail_fast"]:
+        _fail("--fail-fast is not supported on several ranks (all ranks must stop at the same step); "
+              "drop it", Exit.BAD_INPUT)
+    budget = p["steps"] if p["steps"] is not None else int(invariants.meta.get("steps") or 30)
+    info = RankInfo.from_env()
+    if info is None:
+        nproc = _nproc(ctx, invariants)
+        # A machine-readable report owns stdout: the ranks' own prints go to stderr.
+        stdout = sys.stderr if p["fmt"] != "text" and not p["output"] else None
+        group, _ = _launch(ctx, "check", nproc, stdout=stdout)
+        _report(ctx, ranks.check_group(p["store_dir"], group, invariants, nproc, script=p["script"],
+                                       against=p["against"], fail_on=p["fail_on"]))
+        return
+    cfg = _config(budget, p["dense_steps"], p["sample_every"], p["block_depth"], CHECK_SAMPLING)
+    redirect = (contextlib.redirect_stdout(sys.stderr) if p["fmt"] != "text" and not p["output"]
+                else contextlib.nullcontext())
+    with redirect:
+        res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label="check",
+                               seed_offset=ranks.seed_offset())
+    if res.crashed:
+        _print_crash(res)
+    code = Exit.PIPELINE_CRASHED if res.crashed else Exit.OK
+    if ranks.launched_by_invar():
+        sys.exit(code)
+    if info.rank != 0:
+        _err(f"invar: rank {info.rank} done (run {res.run_id}); rank 0 prints the merged report")
+        sys.exit(code)
+    ranks.wait_for_group(p["store_dir"], info.group, info.world_size)
+    _report(ctx, ranks.check_group(p["store_dir"], info.group, invariants, info.world_size,
+                                   script=p["script"], against=p["against"], fail_on=p["fail_on"]))
+
+
+def _report(ctx: click.Context, result: Any) -> None:
+    from invariants import report as rep
+    p = ctx.params
+    text = rep.RENDERERS[p["fmt"]](result)
+    if p["output"]:
+        Path(p["output"]).write_text(text + "\n", encoding="utf-8")
+        _err(f"report written to {p['output']}")
+    else:
+        click.echo(text)
+    if result.crash:
+        _err(f"invar: the pipeline failed: {result.crash}")
+        sys.exit(Exit.PIPELINE_CRASHED)
+    if result.errors if p["fail_on"] == "error" else result.errors + result.warnings:
+        sys.exit(Exit.VIOLATIONS)

@@ -1,0 +1,89 @@
+"""`invar shapes`: run a script up to its model's first call, analyse it, stop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import solver
+from tracer.runner import run_script
+from tracer.session import StopRequested, TraceConfig, TraceSession
+from tracer import data as datamod
+
+
+@dataclass
+class ShapesOutcome:
+    report: Optional[solver.ShapeReport]
+    input_shape: Tuple[int, ...]
+    label_classes: Optional[int]
+    reason: str = ""
+    crashed: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        d = self.report.to_json() if self.report else {}
+        d["example_input"] = list(self.input_shape)
+        d["label_classes"] = self.label_classes
+        if self.report is not None:
+            flops, act = self.report.cost_at(self.input_shape)
+            d["cost"]["at_example"] = {"flops": flops, "activation_bytes": act}
+            pre = solver.prepool_stage(self.report, self.input_shape)
+            d["prepool"] = None if pre is None else {"module": pre[0], "map": list(pre[1])}
+        return d
+
+    def text(self) -> str:
+        r = self.report
+        assert r is not None
+        lines = [f"input   [{', '.join(r.input_names)}]  (example {list(self.input_shape)})",
+                 f"output  [{', '.join(r.output_shape)}]  {r.batch_polymorphic}"]
+        if r.label_check is not None:
+            lines.append(f"labels  {r.label_check}")
+        lines.append(f"domain  square side {r.side_min if r.side_min is not None else '?'}.."
+                     f"{r.side_max if r.side_max is not None else 'unbounded'}")
+        for expr, module in r.guards[:12]:
+            lines.append(f"  guard {expr}   ({module or 'input'})")
+        for p in r.probes:
+            verdict = {True: "accepted", False: "rejected", None: "undecided"}[p.accepted]
+            blame = f" — blamed on {', '.join(p.blame)}" if p.blame else ""
+            lines.append(f"probe   {'x'.join(map(str, p.size))}: {verdict}{blame}")
+        lines.append("stages")
+        for module, shape in r.stages:
+            lines.append(f"  {module:<24} [{', '.join(shape)}]")
+        flops, act = r.cost_at(self.input_shape)
+        lines.append(f"cost    FLOPs {r.flops}")
+        lines.append(f"        activation bytes {r.activation_bytes}")
+        lines.append(f"        at the example input: {flops} FLOPs, {act} activation bytes")
+        for note in r.notes:
+            lines.append(f"note    {note}")
+        lines.append(f"analysed in {r.seconds:.2f} s")
+        return "\n".join(lines)
+
+
+def run(script: str, args: Sequence[str], probes: Sequence[Tuple[int, ...]] = ()) -> ShapesOutcome:
+    """Runs the script until the root model's first call and analyses that call."""
+    box: List[ShapesOutcome] = []
+    sessions: List[TraceSession] = []
+
+    def first_forward(model: torch.nn.Module, fargs: tuple) -> None:
+        x = next((a for a in fargs if isinstance(a, torch.Tensor)), None)
+        classes = _label_classes(sessions[0]) if sessions else None
+        report = solver.analyse(model, fargs, label_classes=classes, probes=probes)
+        box.append(ShapesOutcome(report, tuple(x.shape) if x is not None else (), classes))
+        raise StopRequested("static analysis done")
+
+    res = run_script(script, args, TraceConfig(steps=1), lambda rows: None,
+                     on_first_forward=first_forward, on_session=sessions.append)
+    if box:
+        return box[0]
+    return ShapesOutcome(None, (), None, res.error or "the script ended before calling a model "
+                         "whose parameters an optimizer holds", res.crashed)
+
+
+def _label_classes(session: TraceSession) -> Optional[int]:
+    loader = session.current_loader()
+    if loader is None:
+        return None
+    labels = datamod.peek(loader.dataset).labels
+    if labels is None or labels.is_floating_point() or not labels.numel():
+        return None
+    return int(labels.max()) + 1

@@ -1,0 +1,204 @@
+"""The only module that imports z3 (lazily), with a fresh z3.Context for every query.
+
+Guards and shape expressions arrive as sympy expressions from torch's ShapeEnv. They are
+translated by a small table of rules (one per sympy/torch function); an expression with a
+function the table lacks raises Unsupported naming it, which the caller turns into
+Unknown(reason) rather than a crash.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import sympy
+
+from solver.results import Counterexample, Proved, Result, Unknown
+
+UNBOUNDED = 1 << 20  # sizes above this count as "no upper bound"
+
+
+class Unsupported(Exception):
+    """A sympy function without a z3 rule."""
+
+
+def _z3() -> Any:
+    import z3
+    return z3
+
+
+def _floordiv(z3: Any, a: Any, b: Any) -> Any:
+    return a / b  # z3 Int division is floor division for positive divisors (sizes are)
+
+
+# sympy/torch function name -> z3 builder over already-translated arguments
+RULES: Dict[str, Callable[..., Any]] = {
+    "Add": lambda z3, *a: z3.Sum(*a),                     # a + b + ...
+    "Mul": lambda z3, *a: _product(a),                    # a * b * ...
+    "FloorDiv": _floordiv,                                # torch's a // b
+    "floor": lambda z3, a: a,                             # ints are already floored
+    "Mod": lambda z3, a, b: a % b,                        # a mod b (b > 0)
+    "PythonMod": lambda z3, a, b: a % b,                  # torch's Python-semantics mod
+    "CleanDiv": lambda z3, a, b: a / b,                   # exact division
+    "Max": lambda z3, *a: _fold(z3, a, lambda x, y: z3.If(x >= y, x, y)),
+    "Min": lambda z3, *a: _fold(z3, a, lambda x, y: z3.If(x <= y, x, y)),
+    "Equality": lambda z3, a, b: a == b,
+    "Unequality": lambda z3, a, b: a != b,
+    "StrictLessThan": lambda z3, a, b: a < b,
+    "LessThan": lambda z3, a, b: a <= b,
+    "StrictGreaterThan": lambda z3, a, b: a > b,
+    "GreaterThan": lambda z3, a, b: a >= b,
+    "And": lambda z3, *a: z3.And(*a),
+    "Or": lambda z3, *a: z3.Or(*a),
+    "Not": lambda z3, a: z3.Not(a),
+}
+
+
+def _product(args: Sequence[Any]) -> Any:
+    out = args[0]
+    for a in args[1:]:
+        out = out * a
+    return out
+
+
+def _fold(z3: Any, args: Sequence[Any], f: Callable[[Any, Any], Any]) -> Any:
+    out = args[0]
+    for a in args[1:]:
+        out = f(out, a)
+    return out
+
+
+class Translator:
+    """sympy -> z3 in one fresh context; symbols become z3 Ints."""
+
+    def __init__(self) -> None:
+        z3 = _z3()
+        self.z3 = z3
+        self.ctx = z3.Context()
+        self.symbols: Dict[str, Any] = {}
+
+    def symbol(self, name: str) -> Any:
+        if name not in self.symbols:
+            self.symbols[name] = self.z3.Int(name, self.ctx)
+        return self.symbols[name]
+
+    def __call__(self, e: Any) -> Any:
+        z3 = self.z3
+        if isinstance(e, bool) or e is sympy.true or e is sympy.false:
+            return z3.BoolVal(bool(e), self.ctx)
+        if isinstance(e, int) or (isinstance(e, sympy.Integer)):
+            return z3.IntVal(int(e), self.ctx)
+        if isinstance(e, sympy.Rational):
+            raise Unsupported(f"non-integer constant {e}")
+        if isinstance(e, sympy.Symbol):
+            return self.symbol(str(e))
+        if isinstance(e, sympy.Pow) and e.exp.is_Integer and int(e.exp) > 0:
+            return _product([self(e.base)] * int(e.exp))
+        name = type(e).__name__
+        rule = RULES.get(name)
+        if rule is None:
+            raise Unsupported(f"no z3 rule for {name} (in {str(e)[:80]})")
+        return rule(z3, *[self(a) for a in e.args])
+
+
+def _model(t: Translator, m: Any) -> Dict[str, int]:
+    return {k: m[v].as_long() for k, v in t.symbols.items() if m[v] is not None}
+
+
+def prove(claim: Any, assumptions: Sequence[Any], positive: Sequence[str], what: str,
+          timeout_ms: int = 2000) -> Result:
+    """Proved when assumptions ∧ ¬claim is unsat (symbols in `positive` are ≥ 1)."""
+    try:
+        t = Translator()
+        s = t.z3.Solver(ctx=t.ctx)
+        s.set("timeout", timeout_ms)
+        s.add(*[t(a) for a in assumptions])
+        s.add(t.z3.Not(t(claim)))
+        for name in positive:
+            s.add(t.symbol(name) >= 1)
+        r = s.check()
+    except Unsupported as e:
+        return Unknown(str(e))
+    if r == t.z3.unsat:
+        return Proved(what)
+    if r == t.z3.sat:
+        return Counterexample(what, _model(t, s.model()))
+    return Unknown(f"z3 gave up on '{what}' ({s.reason_unknown()})")
+
+
+def extremum(target: str, assumptions: Sequence[Any], positive: Sequence[str], maximize: bool,
+             timeout_ms: int = 2000) -> Optional[int]:
+    """The smallest (largest) value of symbol `target` under the assumptions; None when
+    unsatisfiable, unbounded (above UNBOUNDED) or undecided."""
+    try:
+        t = Translator()
+        o = t.z3.Optimize(ctx=t.ctx)
+        o.set("timeout", timeout_ms)
+        o.add(*[t(a) for a in assumptions])
+        for name in positive:
+            o.add(t.symbol(name) >= 1)
+        v = t.symbol(target)
+        o.add(v <= UNBOUNDED)
+        (o.maximize if maximize else o.minimize)(v)
+        if o.check() != t.z3.sat:
+            return None
+        value = o.model()[v].as_long()
+    except Unsupported:
+        return None
+    return None if value >= UNBOUNDED else value
+
+
+def broadcast(a: Sequence[Any], b: Sequence[Any], timeout_ms: int = 2000) -> Result:
+    """Do two shapes (ints or symbol names, sizes ≥ 1) broadcast to more elements than either?"""
+    t = Translator()
+    z3 = t.z3
+
+    def dim(d: Any) -> Any:
+        return z3.IntVal(int(d), t.ctx) if str(d).isdigit() else t.symbol(str(d))
+
+    n = max(len(a), len(b))
+    pa = [z3.IntVal(1, t.ctx)] * (n - len(a)) + [dim(d) for d in a]
+    pb = [z3.IntVal(1, t.ctx)] * (n - len(b)) + [dim(d) for d in b]
+    s = z3.Solver(ctx=t.ctx)
+    s.set("timeout", timeout_ms)
+    out = []
+    for x, y in zip(pa, pb):
+        s.add(z3.Or(x == y, x == 1, y == 1))
+        out.append(z3.If(x == 1, y, x))
+    for v in t.symbols.values():
+        s.add(v >= 1)
+    na, nb, no = _product(pa), _product(pb), _product(out)
+    s.add(no > na, no > nb)
+    shape = f"[{', '.join(map(str, a))}] vs [{', '.join(map(str, b))}]"
+    r = s.check()
+    if r == z3.sat:
+        m = _model(t, s.model())
+        bshape = [str(max(_val(x, m), _val(y, m))) for x, y in zip(
+            [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b))]
+        return Counterexample(f"{shape} broadcast to [{', '.join(bshape)}], larger than either", m)
+    if r == z3.unsat:
+        return Proved(f"{shape} never broadcast to a larger shape")
+    return Unknown(f"z3 gave up on the broadcast of {shape}")
+
+
+def _val(d: Any, m: Dict[str, int]) -> int:
+    return int(d) if str(d).isdigit() else m.get(str(d), 1)
+
+
+def check_concrete(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]) -> Tuple[Optional[bool], List[str]]:
+    """The cheap check before any solver: substitute concrete sizes into every guard.
+    Returns (accepted or None when undecided, modules owning the failing guards)."""
+    blame: List[str] = []
+    undecided = False
+    for expr, owner in guards:
+        try:
+            v = expr.subs(values) if hasattr(expr, "subs") else expr
+        except Exception:  # sympy raises several types on odd expressions
+            undecided = True
+            continue
+        if v is sympy.false or v is False:
+            if owner not in blame:
+                blame.append(owner or "(input)")
+        elif not (v is sympy.true or v is True):
+            undecided = True
+    if blame:
+        return False, blame
+    return (None if undecided else True), []
