@@ -380,7 +380,7 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
     records it, and traced as check evaluates it, interleaved; medians per step compared."""
     from invariants import bench as b
-    targets = list(scripts) or [str(p) for p in sorted(Path("corpus").glob("*/reference.py"))]
+    targets = list(scripts) or _single_process_references()
     if not targets:
         _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
     from invariants import shapes as shapes_mod
@@ -395,6 +395,17 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     m = b.mining_time(mining_runs, mining_steps)
     click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
                f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")
+
+
+def _single_process_references() -> List[str]:
+    """corpus/*/reference.py, except cases launched on several ranks (docs/distributed.md)."""
+    import yaml
+    out = []
+    for case in sorted(Path("corpus").glob("*/case.yaml")):
+        meta = yaml.safe_load(case.read_text()) or {}
+        if not meta.get("launch") and (case.parent / "reference.py").is_file():
+            out.append(str(case.parent / "reference.py"))
+    return out
 
 
 def _short(path: str) -> str:

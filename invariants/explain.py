@@ -28,7 +28,7 @@ CAUSAL_EDGES = {
     "output_width": ("architecture", "loss_broadcast", "output_scale", "loss_trend", "gradients", "updates"),
     "architecture": ("gradients", "updates", "cost"),
     "dead_units": ("gradients", "updates", "loss_trend", "output_scale"),
-    "loss_broadcast": ("gradients", "updates", "loss_trend"),
+    "loss_broadcast": ("gradients", "updates", "loss_trend", "output_scale"),
     "labels": ("output_width",),
     # an eval set drawn from the training data takes on the training data's statistics
     "leakage": ("eval_input_mismatch",),

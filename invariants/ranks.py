@@ -25,6 +25,9 @@ from invariants.check import Checker, Violation
 from invariants.explain import explain
 from invariants.model import InvariantSet
 from invariants.report import CheckReport
+from invariants.static import StaticPhase
+from invariants.static import hooks as static_hooks
+from tracer.blocks import WRAPPERS
 from tracer.distributed import CrossRankObserver, RankInfo, destroy_default_group, ranks_of, sigterm_ends_run
 from tracer.runner import RunResult, trace_to_store
 from tracer.session import TraceConfig
@@ -114,11 +117,17 @@ def trace_rank(store_dir: str, script: str, args: Sequence[str], config: TraceCo
     facts: Dict[str, Any] = {"group": info.group, "rank": info.rank, "world_size": info.world_size}
     if reference is not None:
         facts["reference"] = reference
+    static = StaticPhase()
+
+    def first_forward(model: Any, inputs: tuple) -> None:  # the static phase sees the wrapped model
+        static(model.module if isinstance(model, WRAPPERS) else model, inputs)
+
     with Store(store_dir) as store, sigterm_ends_run() as terminated:
         try:
             res = trace_to_store(store, script, args, config, label=f"{label} rank {info.rank}/{info.world_size}",
                                  seed_offset=seed_offset, extensions=[CrossRankObserver()], rank=info.rank,
-                                 world_size=info.world_size, facts=facts, write_batch=1)
+                                 world_size=info.world_size, facts=facts, write_batch=1,
+                                 on_first_forward=first_forward, on_session=static_hooks(static))
         finally:
             destroy_default_group(reference or 0)  # a stopped script left it open; the next run opens it
         if terminated and res.run_id:

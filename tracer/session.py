@@ -54,6 +54,7 @@ class TraceConfig:
     eval_batches: int = 4     # eval batches observed per eval pass
     block_depth: int = 1      # module levels below the root that form blocks
     activations: bool = True  # dead-unit fraction and range per activation module
+    detail_every: int = 5     # activation and update-ratio statistics every N-th observed step
 
 
 class Pending:
@@ -269,6 +270,10 @@ class TraceSession:
         c = self.config
         return step < c.dense_steps or (c.sample_every > 0 and step % c.sample_every == 0)
 
+    def _detailed(self, step: int) -> bool:
+        # The costlier statistics (a pass over every activation, a copy of the parameters).
+        return self.config.detail_every <= 1 or step % self.config.detail_every == 0
+
     def flush(self) -> None:
         rows = self._pending.resolve()
         if rows:
@@ -408,7 +413,8 @@ class TraceSession:
                 name = self._names.get(id(module), f"?{type(module).__name__}")
         if self._module_calls is not None:
             self._module_calls.append((name, type(module).__name__, output_shapes(output)))
-        if (self.config.activations and self._recording == "train" and isinstance(module, ACTIVATIONS)
+        if (self.config.activations and self._recording == "train" and self._detailed(self.step)
+                and isinstance(module, ACTIVATIONS)
                 and isinstance(output, torch.Tensor) and ("act", name) not in self._seen_this_step):
             self._seen_this_step.add(("act", name))
             self._pending.stats(self.step, "train", f"act.{name}.",
@@ -570,7 +576,7 @@ class TraceSession:
             p.rows.extend(_grad_rows(step, layout, []))
         snap = [(block, q) for block in bm.names for _, q in bm.params[block]
                 if q.requires_grad and q.grad is not None and id(q) in held]
-        if snap:
+        if snap and self._detailed(step):  # a copy of the parameters: not on every step
             with torch.no_grad():
                 self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
                                   [b for b, _ in snap])

@@ -1,0 +1,273 @@
+"""Distributed runs (docs/distributed.md): cross-rank digests and their comparison, the merge
+of per-rank runs, and end to end on two CPU ranks (gloo) under torchrun: the ddp_mlp corpus
+bugs are reported with the ranks and blocks that diverged, ok variants are clean, and a
+crashed or killed rank leaves the others' traces and makes check exit 3 naming it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, List
+
+import pytest
+import torch
+from torch import nn
+
+from invariants.explain import explain
+from invariants.ranks import RankRun, failure
+from invariants.variables import block_of, family_of
+from tests.conftest import ROOT, SCRIPTS, run_invar
+from tracer.blocks import block_map
+from tracer.distributed import CrossRankObserver, RankInfo, compare, ranks_of, sample_fingerprints, tensor_digest
+from tracer.session import TraceConfig
+from tracer.store import RunInfo
+
+CASE = ROOT / "corpus" / "ddp_mlp"
+FAULTS = str(SCRIPTS / "ddp_faults.py")
+
+
+# -- digests and comparison (fast) ---------------------------------------------------------------
+def test_digest_is_equal_for_equal_tensors_and_moves_with_a_difference() -> None:
+    w = torch.randn(300, 50)
+    assert torch.equal(tensor_digest(w), tensor_digest(w.clone()))
+    nudged = w.clone()
+    nudged[17, 3] += 1e-3
+    d0, d1 = tensor_digest(w), tensor_digest(nudged)
+    assert abs(d0[1] - d1[1]) > 1e-4  # the weighted sum moves by about the difference
+    big = torch.randn(10_000)  # longer than the weight pattern: folded, no float64 copy
+    assert tensor_digest(big)[0].item() == pytest.approx(big.double().sum().item(), abs=1e-3)
+
+
+def test_sample_fingerprints_match_per_sample() -> None:
+    x = torch.randn(8, 3, 4, 4)
+    fp = sample_fingerprints(x)
+    assert fp.shape == (8,)
+    assert torch.equal(sample_fingerprints(x[[2, 5]]), fp[[2, 5]])
+    assert len(set(fp.tolist())) == 8
+
+
+def _session(model: nn.Module, step: int = 3) -> Any:
+    return SimpleNamespace(step=step, root=model, config=TraceConfig(), observed=lambda s: True)
+
+
+def _payload(model: nn.Module, x: torch.Tensor, lr: float = 0.1) -> tuple:
+    obs = CrossRankObserver()
+    session = _session(model)
+    model.train()
+    obs.on_input(session, model, (x,))
+    out = model(x).sum()
+    out.backward()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    local, names = obs._local(session, opt)
+    return local.tolist(), names
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+
+
+def _values(rows: List[tuple]) -> dict:
+    return {v: (x, t) for v, x, t in rows}
+
+
+def test_identical_replicas_on_disjoint_data_compare_clean() -> None:
+    x = torch.randn(16, 6)
+    a, names = _payload(_model(), x[:8])
+    b, _ = _payload(_model(), x[8:])
+    got = _values(compare([a, b], names))
+    assert names == ["0", "2"]
+    assert got["dist.world_size"][0] == 2
+    assert got["dist.batch_overlap"][0] == 0 and got["dist.shared_samples"][0] == 0
+    assert got["dist.lr_divergence"][0] == 0 and got["dist.batch_size_divergence"][0] == 0
+    assert got["dist.block.0.param_divergence"] == (0.0, "")
+    # different data, unsynchronised here: the gradients differ, the parameters do not (yet)
+    assert got["dist.block.0.grad_divergence"][0] > 1e-3
+
+
+def test_a_diverged_rank_is_named_by_the_majority() -> None:
+    x = torch.randn(8, 6)
+    same, names = _payload(_model(), x)
+    other, _ = _payload(_model(seed=1), x)
+    got = _values(compare([same, same, other, same], names))
+    value, text = got["dist.block.2.param_divergence"]
+    assert value > 1e-3
+    assert ranks_of(text) == (2,) and "differ from ranks 0,1,3" in text
+    assert got["dist.batch_overlap"][0] == 6  # every pair of the 4 ranks got the same batch
+    assert got["dist.shared_samples"][0] == 8 and ranks_of(got["dist.shared_samples"][1]) == (0, 1, 2, 3)
+
+
+def test_learning_rates_and_batch_sizes_must_agree() -> None:
+    x = torch.randn(12, 6)
+    a, names = _payload(_model(), x[:8], lr=0.1)
+    b, _ = _payload(_model(), x[8:], lr=0.2)
+    got = _values(compare([a, b], names))
+    assert got["dist.lr_divergence"][0] == pytest.approx(0.5)
+    assert ranks_of(got["dist.lr_divergence"][1]) == (0, 1)
+    assert got["dist.batch_size_divergence"][0] == pytest.approx(0.5)  # 8 vs 4 samples
+
+
+def test_a_local_fault_still_joins_the_collective_with_nans() -> None:
+    # A rank whose digest fails sends NaNs (so no rank skips the all_gather) and is left out.
+    x = torch.randn(8, 6)
+    a, names = _payload(_model(), x)
+    nan = [float("nan")] * len(a)
+    nan[0] = a[0]
+    got = _values(compare([a, nan], names))
+    assert "dist.block.0.param_divergence" not in got  # one usable rank: nothing to compare
+
+
+def test_ddp_wrappers_are_not_a_block_level() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(2, 3), nn.Linear(3, 1)
+    assert block_map(nn.DataParallel(Net())).names == ("module.fc1", "module.fc2")
+
+
+def test_dist_variables_have_families_and_blocks() -> None:
+    assert family_of("dist.block.module.fc1.param_divergence", "train") == "replica_divergence"
+    assert family_of("dist.block.module.fc1.grad_divergence", "train") == "unsynced_gradients"
+    assert family_of("dist.batch_overlap", "train") == "duplicate_shards"
+    assert family_of("dist.lr_divergence", "train") == "rank_config_mismatch"
+    assert block_of("dist.block.module.fc1.param_divergence") == "module.fc1"
+
+
+def test_rank_info_from_torchrun_environment() -> None:
+    assert RankInfo.from_env({}) is None
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "29500",
+           "TORCHELASTIC_RUN_ID": "abc"}
+    a, b = RankInfo.from_env(env), RankInfo.from_env(dict(env, RANK="0", LOCAL_RANK="0"))
+    assert (a.rank, a.world_size, a.local_rank) == (1, 2, 1) and a.group == b.group
+    assert RankInfo.from_env(dict(env, INVAR_GROUP="g1")).group == "g1"
+
+
+def test_torch_default_group_counter_is_still_there() -> None:
+    # Re-running a script in one rank process moves it on (tracer.distributed.destroy_default_group):
+    # a torch upgrade that drops this private counter must fail here, not hang in infer.
+    from torch.distributed import distributed_c10d
+    assert isinstance(distributed_c10d._world.group_count, int)
+
+
+def test_each_rank_runs_the_command_without_the_launch_option() -> None:
+    from invariants.cli import check
+    from invariants.cli_distributed import rank_argv
+    ctx = check.make_context("check", ["s.py", "--against", "i.yaml", "--nproc-per-node", "2", "--steps", "7",
+                                       "--", "--lr", "1"])
+    argv = rank_argv(ctx)
+    assert "--nproc-per-node" not in argv
+    assert argv[:4] == ["--against", "i.yaml", "--steps", "7"] and argv[-4:] == ["s.py", "--", "--lr", "1"]
+
+
+def _run(rank: int, status: str, error: str | None = None, steps: int = 7, last: int | None = 5) -> RankRun:
+    info = RunInfo(id=f"r{rank}", label=None, script="s.py", argv=[], started=0.0, ended=None, status=status,
+                   steps=steps, seed_offset=0, rank=rank, world_size=2, error=error)
+    return RankRun(rank, info, None, last)
+
+
+def test_failure_names_the_rank_that_failed_first() -> None:
+    peer = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:417. Check it"
+    assert failure([_run(0, "budget"), _run(1, "budget")], 2) is None
+    crashed = failure([_run(0, "crashed", peer), _run(1, "crashed", "RuntimeError: boom")], 2)
+    assert crashed.startswith("rank 1 crashed at step 7: RuntimeError: boom") and "rank 0 lost its peer" in crashed
+    killed = failure([_run(0, "crashed", peer), _run(1, "running", steps=0)], 2)
+    assert killed.startswith("rank 1 was killed") and "step 5" in killed
+    assert failure([_run(0, "budget")], 2).startswith("rank 1 recorded no run")
+
+
+def test_explain_puts_the_rank_setting_before_its_divergence() -> None:
+    from invariants.check import Violation
+
+    def v(target: str, family: str) -> Violation:
+        return Violation(id=target, template="range", target=(target,), severity="error", expected="",
+                         observed="", step=0, phase="train", locus=None, family=family, message=target)
+    causes = explain([v("dist.block.fc1.param_divergence", "replica_divergence"),
+                      v("dist.lr_divergence", "rank_config_mismatch")])
+    assert [c.family for c in causes] == ["rank_config_mismatch"]
+
+
+# -- end to end on two ranks (slow) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("ddp")
+    r = run_invar("infer", "--nproc-per-node", "2", str(CASE / "reference.py"), "--runs", "3", "--steps", "20",
+                  "-o", str(d / "inv.yaml"), "--store", str(d / "store"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "replica_divergence" in r.stdout and "duplicate_shards" in r.stdout
+    return d
+
+
+def _check(learned: Path, script: str, *args: str) -> tuple:
+    r = run_invar("check", str(CASE / script), "--against", str(learned / "inv.yaml"),
+                  "--store", str(learned / "store"), "--format", "json", *args)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else None), r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, family, blocks, first_step", [
+    ("bug_raw_module.py", "replica_divergence", True, 10),  # unsynced at step 7, sampled at 10
+    ("bug_no_sampler.py", "duplicate_shards", False, 0),
+    ("bug_rank_lr.py", "rank_config_mismatch", False, 0),
+    ("bug_clip_rank0.py", "unsynced_gradients", True, 0),
+])
+def test_distributed_bug_is_reported_with_ranks_and_blocks(learned: Path, script: str, family: str,
+                                                           blocks: bool, first_step: int) -> None:
+    code, doc, r = _check(learned, script)
+    assert code == 1, r.stderr
+    assert doc["summary"]["steps"] == 20 and doc["summary"]["crash"] is None
+    top = doc["causes"][0]
+    assert top["family"] == family and top["severity"] == "error", doc["causes"]
+    mine = [v for v in doc["violations"] if v["family"] == family]
+    assert min(v["step"] for v in mine) == first_step
+    assert all(v["ranks"] == [0, 1] for v in mine), mine  # the ranks that differ
+    assert "ranks 0,1" in top["summary"]
+    if blocks:
+        assert "module.fc1" in top["locus"] and "module.head" in top["locus"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["ok_seed.py", "ok_batch16.py", "ok_no_sync_accum.py"])
+def test_distributed_ok_variant_is_clean(learned: Path, script: str) -> None:
+    code, doc, r = _check(learned, script)
+    assert code == 0, r.stdout
+    assert doc["summary"]["errors"] == 0
+    assert not [v for v in doc["violations"] if v["target"][0].startswith("dist.")]
+
+
+def _runs_of(store: Path) -> List[dict]:
+    from tracer.store import Store
+    with Store(store) as s:
+        return [dict(rank=i.rank, status=i.status, observations=s.observation_count(i.id),
+                     last=s.last_step(i.id)) for i in s.runs() if i.label and i.label.startswith("check")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, phrase", [("raise", "rank 1 crashed at step 7: RuntimeError: boom on rank 1"),
+                                         ("kill", "rank 1 was killed")])
+def test_a_failed_rank_exits_3_naming_it_and_keeps_the_traces(learned: Path, tmp_path: Path, how: str,
+                                                              phrase: str) -> None:
+    store = tmp_path / "store"
+    r = run_invar("check", FAULTS, "--against", str(learned / "inv.yaml"), "--store", str(store),
+                  "--steps", "20", "--", "--fail-rank", "1", "--fail-at", "7", "--how", how)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert phrase in r.stderr and phrase in r.stdout
+    runs = {x["rank"]: x for x in _runs_of(store)}
+    assert set(runs) == {0, 1}
+    for rank in (0, 1):  # both ranks' observations up to the failure are in the store
+        assert runs[rank]["observations"] > 0 and runs[rank]["last"] >= 5
+    assert runs[1]["status"] == ("crashed" if how == "raise" else "running")  # a killed run never ends
+
+
+@pytest.mark.slow
+def test_direct_torchrun_invocation_merges_on_rank_0(learned: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "invariants.cli", "check", str(CASE / "bug_no_sampler.py"), "--against",
+           str(learned / "inv.yaml"), "--store", str(learned / "store")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0  # rank 0 exits 1; torchrun reports the failed worker
+    assert "duplicate_shards" in r.stdout and "rank 0: run" in r.stdout and "rank 1: run" in r.stdout
+    assert "rank 0 prints the merged report" in r.stderr
