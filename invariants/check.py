@@ -31,6 +31,7 @@ class Violation:
     message: str
     hint: str = ""
     count: int = 1
+    deviation: float = 1.0  # how far off, relative to the expectation (picks the telling example)
     ranks: Tuple[int, ...] = ()  # distributed runs: the ranks it concerns (docs/distributed.md)
 
     def to_json(self) -> Dict[str, Any]:
@@ -137,6 +138,7 @@ class Checker:
                       locus=inv.locus, family=family(inv),
                       message=f"{' vs '.join(inv.target)} ({phase}, step {step}): observed {observed}, "
                               f"expected {cls.expected(inv.expect)}")
+        v.deviation = _deviation(inv, values)
         self.violations[inv.id] = v
         if self.on_violation is not None:
             self.on_violation(v)
@@ -169,3 +171,21 @@ def _observed_text(inv: Invariant, values: Tuple[Any, ...]) -> str:
         if lo > 0 and 0 < v < lo:
             return f"{fmt(v)} (1/{lo / v:.3g} of the reference minimum {fmt(lo)})"
     return fmt(v)
+
+
+def _deviation(inv: Invariant, values: Tuple[Any, ...]) -> float:
+    """Distance of the observed value from what was expected, in units of the expectation."""
+    v = values[0]
+    if not isinstance(v, float) or len(values) != 1:
+        return 1.0
+    e = inv.expect
+    if inv.template == "all_none":
+        return abs(v - (1.0 if e["quantifier"] == "all" else 0.0))
+    if inv.template in ("range", "magnitude"):
+        lo, hi = e.get("min"), e.get("max")
+        width = max(abs(hi - lo) if lo is not None and hi is not None else abs(hi or lo or 1.0), 1e-12)
+        if hi is not None and v > hi:
+            return (v - hi) / width
+        if lo is not None and v < lo:
+            return (lo - v) / width
+    return 1.0

@@ -156,6 +156,6 @@ def _locus(vs: Sequence[Violation]) -> Optional[str]:
 
 def _summary(f: str, vs: Sequence[Violation]) -> str:
     loci = sorted({v.locus for v in vs if v.locus})
-    first = min(vs, key=lambda v: v.step)
+    first = min(vs, key=lambda v: (v.step, -v.deviation))  # earliest, then the clearest
     where = f" in {len(loci)} block(s): {_locus(vs)}" if loci else ""
     return f"{f.replace('_', ' ')}{where} — first at step {first.step}: {first.message}"
