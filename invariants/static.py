@@ -6,7 +6,7 @@ and `check` reports their violations at step 0 like any other invariant.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
