@@ -26,8 +26,10 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from tracer import data as datamod
 from tracer import stats
-from tracer.blocks import ACTIVATIONS, RECTIFIERS, block_map, numel
+from tracer.blocks import ACTIVATIONS, RECTIFIERS
 from tracer.graph import GraphRecord, capture, output_shapes
+from tracer.params import ParameterObserver, optimizer_stats
+from tracer.pending import Pending, row
 from tracer.patches import CLASSIFICATION_LOSSES, dropout_patches, loss_patches, patched
 from tracer.store import Row
 
@@ -55,59 +57,6 @@ class TraceConfig:
     block_depth: int = 1      # module levels below the root that form blocks
     activations: bool = True  # dead-unit fraction and range per activation module
     detail_every: int = 5     # activation and update-ratio statistics every N-th observed step
-
-
-class Pending:
-    """Statistics of one flush: tensors gathered with one transfer, rows built afterwards."""
-
-    def __init__(self) -> None:
-        self.parts: List[torch.Tensor] = []
-        self.builders: List[Tuple[int, Callable[[List[float]], List[Row]]]] = []
-        self.rows: List[Row] = []
-
-    def tensor(self, t: torch.Tensor, build: Callable[[List[float]], List[Row]]) -> None:
-        flat = t.detach().reshape(-1).float()
-        self.parts.append(flat)
-        self.builders.append((flat.numel(), build))
-
-    def stats(self, step: int, phase: str, prefix: str, st: Optional[stats.Stats]) -> None:
-        if st is None or not st[0]:
-            return
-        names, t = st
-        self.tensor(t, lambda v: [_row(step, phase, prefix + n, x) for n, x in zip(names, v)])
-
-    def value(self, step: int, phase: str, variable: str, value: Any) -> None:
-        self.rows.append(_row(step, phase, variable, value))
-
-    def resolve(self) -> List[Row]:
-        rows = self.rows
-        if self.parts:
-            by_device: Dict[torch.device, List[int]] = {}
-            for i, p in enumerate(self.parts):
-                by_device.setdefault(p.device, []).append(i)
-            values: List[List[float]] = [[] for _ in self.parts]
-            for idx in by_device.values():
-                flat = torch.cat([self.parts[i] for i in idx]).cpu().tolist()
-                pos = 0
-                for i in idx:
-                    n = self.parts[i].numel()
-                    values[i] = flat[pos:pos + n]
-                    pos += n
-            for (n, build), v in zip(self.builders, values):
-                rows.extend(build(v))
-        self.parts, self.builders, self.rows = [], [], []
-        return rows
-
-
-def _row(step: int, phase: str, variable: str, value: Any) -> Row:
-    if isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if v != v or v in (float("inf"), float("-inf")):
-            return (step, phase, variable, None, str(v))
-        return (step, phase, variable, v, None)
-    return (step, phase, variable, None, None if value is None else str(value))
 
 
 class TraceSession:
@@ -159,8 +108,7 @@ class TraceSession:
         self._current_loader: Optional[int] = None
         self._zero_grad_calls = 0
         self._dropout_cache: Optional[Tuple[nn.Module, List[nn.Module]]] = None
-        self._block_cache: Optional[Tuple[tuple, Any]] = None
-        self._snapshot: Optional[Tuple[List[torch.Tensor], List[torch.Tensor], List[str]]] = None
+        self._params = ParameterObserver(config.block_depth)
         self._step_started = time.perf_counter()
         self._step_times: collections.deque = collections.deque(maxlen=5)
         self._rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -446,7 +394,7 @@ class TraceSession:
                 p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
         if isinstance(result, torch.Tensor) and result.numel() > 0:
             p.tensor(result.detach().float().mean(),
-                     lambda v, step=step, phase=phase: [_row(step, phase, "loss.value", v[0])])
+                     lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
 
     # -- data loaders -----------------------------------------------------------------
     def _register_loader(self, loader: DataLoader) -> None:
@@ -502,8 +450,11 @@ class TraceSession:
         if self._quiet or not self._is_primary(optimizer):
             return
         if self.observed(self.step):
-            self._guard("blocks", self._block_stats, optimizer)
-            self._guard("optimizer", self._optimizer_stats, optimizer)
+            root = self.root
+            if root is not None:
+                self._guard("blocks", self._params.before_step, self._pending, self.step, root,
+                            self._optimizer_param_ids(), self._detailed(self.step))
+            self._guard("optimizer", optimizer_stats, self._pending, self.step, optimizer)
             loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
             if loader is not None:
                 self._roles[id(loader)] = "train"
@@ -514,8 +465,7 @@ class TraceSession:
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._quiet or not self._is_primary(optimizer):
             return
-        if self._snapshot is not None:
-            self._guard("update", self._update_ratio)
+        self._guard("update", self._params.after_step, self._pending, self.step)
         now = time.perf_counter()
         self._step_times.append(now - self._step_started)
         if self.observed(self.step):
@@ -542,111 +492,7 @@ class TraceSession:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return float(max(0, rss - self._rss0) * 1024)
 
-    def _block_stats(self, optimizer: torch.optim.Optimizer) -> None:
-        root = self.root
-        if root is None:
-            return
-        held = self._optimizer_param_ids()
-        bm = self._blocks(root)
-        step, p = self.step, self._pending
-        grads: List[torch.Tensor] = []
-        layout: List[Tuple[str, List[Tuple[int, Optional[int]]]]] = []
-        for block in bm.names:
-            params = bm.params[block]
-            trainable = [(n, q) for n, q in params if q.requires_grad]
-            total, n_train = numel(params), numel(trainable)
-            prefix = f"block.{block}."
-            p.value(step, "train", prefix + "params", total)
-            p.value(step, "train", prefix + "trainable_fraction", n_train / total if total else 0.0)
-            if not n_train:
-                continue
-            p.value(step, "train", prefix + "in_optimizer_fraction",
-                    sum(q.numel() for _, q in trainable if id(q) in held) / n_train)
-            entries = []
-            for _, q in trainable:
-                if q.grad is None:
-                    entries.append((q.numel(), None))
-                else:
-                    entries.append((q.numel(), len(grads)))
-                    grads.append(q.grad.detach())
-            layout.append((prefix, entries))
-        if grads:
-            p.tensor(stats.norms(grads), lambda v: _grad_rows(step, layout, v))
-        else:
-            p.rows.extend(_grad_rows(step, layout, []))
-        snap = [(block, q) for block in bm.names for _, q in bm.params[block]
-                if q.requires_grad and q.grad is not None and id(q) in held]
-        if snap and self._detailed(step):  # a copy of the parameters: not on every step
-            with torch.no_grad():
-                self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
-                                  [b for b, _ in snap])
-
     def _dropouts(self, root: nn.Module) -> List[nn.Module]:
         if self._dropout_cache is None or self._dropout_cache[0] is not root:
             self._dropout_cache = (root, [m for m in root.modules() if isinstance(m, DROPOUTS)])
         return self._dropout_cache[1]
-
-    def _blocks(self, root: nn.Module) -> Any:
-        # Recomputed only when the parameter set changes (a head replaced mid-run).
-        key = tuple(id(q) for q in root.parameters())
-        if self._block_cache is None or self._block_cache[0] != key:
-            self._block_cache = (key, block_map(root, self.config.block_depth))
-        return self._block_cache[1]
-
-    def _update_ratio(self) -> None:
-        before, params, keys = self._snapshot
-        self._snapshot = None
-        with torch.no_grad():
-            after = [q.detach() for q in params]
-            delta = torch._foreach_sub(after, before)
-            dn = stats.norms(delta)
-            wn = stats.norms(before)
-        step = self.step
-
-        def build(v: List[float]) -> List[Row]:
-            n = len(keys)
-            d2: Dict[str, float] = {}
-            w2: Dict[str, float] = {}
-            for k, dv, wv in zip(keys, v[:n], v[n:]):
-                d2[k] = d2.get(k, 0.0) + dv * dv
-                w2[k] = w2.get(k, 0.0) + wv * wv
-            return [_row(step, "train", f"block.{k}.update_ratio",
-                         (d2[k] ** 0.5) / (w2[k] ** 0.5) if w2[k] > 0 else 0.0) for k in d2]
-
-        self._pending.tensor(torch.cat([dn, wn.to(dn.device)]), build)
-
-    def _optimizer_stats(self, optimizer: torch.optim.Optimizer) -> None:
-        p, step = self._pending, self.step
-        p.value(step, "train", "optim.type", type(optimizer).__name__)
-        p.value(step, "train", "optim.groups", len(optimizer.param_groups))
-        lrs = []
-        for i, g in enumerate(optimizer.param_groups):
-            for key, val in g.items():
-                if key == "params":
-                    continue
-                if isinstance(val, torch.Tensor) and val.numel() == 1:
-                    val = float(val)
-                if isinstance(val, (int, float)) and not isinstance(val, bool):
-                    p.value(step, "train", f"optim.g{i}.{key}", val)
-                elif isinstance(val, (tuple, list)) and val and all(isinstance(x, (int, float)) for x in val):
-                    for j, x in enumerate(val):
-                        p.value(step, "train", f"optim.g{i}.{key}{j}", x)
-            lr = g.get("lr")
-            if isinstance(lr, torch.Tensor):
-                lr = float(lr)
-            if isinstance(lr, (int, float)):
-                lrs.append(float(lr))
-        if lrs:
-            p.value(step, "train", "optim.lr_max", max(lrs))
-
-
-def _grad_rows(step: int, layout: List[Tuple[str, List[Tuple[int, Optional[int]]]]],
-               norms: List[float]) -> List[Row]:
-    rows: List[Row] = []
-    for prefix, entries in layout:
-        total = sum(n for n, _ in entries)
-        missing = sum(n for n, i in entries if i is None or norms[i] == 0.0)
-        sq = sum(norms[i] ** 2 for _, i in entries if i is not None)
-        rows.append(_row(step, "train", prefix + "no_grad_fraction", missing / total if total else 0.0))
-        rows.append(_row(step, "train", prefix + "grad_norm", sq ** 0.5))
-    return rows

@@ -1,0 +1,128 @@
+"""Per-block parameter observations at `optimizer.step()`: counts, trainable and optimizer
+fractions, missing gradients, gradient norms and update ratios, and the optimizer's
+hyperparameters (docs/observations.md, `block.*` and `optim.*`)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+from tracer import stats
+from tracer.blocks import BlockMap, block_map, numel
+from tracer.pending import Pending, row
+from tracer.store import Row
+
+Layout = List[Tuple[str, List[Tuple[int, Optional[int]]]]]  # block prefix -> (numel, grad index)
+
+
+class ParameterObserver:
+    """Keeps the block map (until the parameter set changes) and the parameter copy that
+    an update ratio needs between the step's pre- and post-hook."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self._cache: Optional[Tuple[tuple, BlockMap]] = None
+        self._snapshot: Optional[Tuple[List[torch.Tensor], List[torch.Tensor], List[str]]] = None
+
+    def blocks(self, root: nn.Module) -> BlockMap:
+        # Recomputed only when the parameter set changes (a head replaced mid-run).
+        key = tuple(id(q) for q in root.parameters())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, block_map(root, self.depth))
+        return self._cache[1]
+
+    def before_step(self, p: Pending, step: int, root: nn.Module, held: Set[int], snapshot: bool) -> None:
+        """Block structure and gradients; with `snapshot`, copies the parameters the
+        optimizer is about to update (for the update ratio)."""
+        bm = self.blocks(root)
+        grads: List[torch.Tensor] = []
+        layout: Layout = []
+        for block in bm.names:
+            params = bm.params[block]
+            trainable = [(n, q) for n, q in params if q.requires_grad]
+            total, n_train = numel(params), numel(trainable)
+            prefix = f"block.{block}."
+            p.value(step, "train", prefix + "params", total)
+            p.value(step, "train", prefix + "trainable_fraction", n_train / total if total else 0.0)
+            if not n_train:
+                continue
+            p.value(step, "train", prefix + "in_optimizer_fraction",
+                    sum(q.numel() for _, q in trainable if id(q) in held) / n_train)
+            entries = []
+            for _, q in trainable:
+                if q.grad is None:
+                    entries.append((q.numel(), None))
+                else:
+                    entries.append((q.numel(), len(grads)))
+                    grads.append(q.grad.detach())
+            layout.append((prefix, entries))
+        if grads:
+            p.tensor(stats.norms(grads), lambda v: _grad_rows(step, layout, v))
+        else:
+            p.rows.extend(_grad_rows(step, layout, []))
+        snap = [(block, q) for block in bm.names for _, q in bm.params[block]
+                if q.requires_grad and q.grad is not None and id(q) in held]
+        if snap and snapshot:
+            with torch.no_grad():
+                self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
+                                  [b for b, _ in snap])
+
+    def after_step(self, p: Pending, step: int) -> None:
+        """‖Δw‖/‖w‖ per block, from the copy taken before the step (if any)."""
+        if self._snapshot is None:
+            return
+        before, params, keys = self._snapshot
+        self._snapshot = None
+        with torch.no_grad():
+            delta = torch._foreach_sub([q.detach() for q in params], before)
+            dn = stats.norms(delta)
+            wn = stats.norms(before)
+
+        def build(v: List[float]) -> List[Row]:
+            n = len(keys)
+            d2: Dict[str, float] = {}
+            w2: Dict[str, float] = {}
+            for k, dv, wv in zip(keys, v[:n], v[n:]):
+                d2[k] = d2.get(k, 0.0) + dv * dv
+                w2[k] = w2.get(k, 0.0) + wv * wv
+            return [row(step, "train", f"block.{k}.update_ratio",
+                        (d2[k] ** 0.5) / (w2[k] ** 0.5) if w2[k] > 0 else 0.0) for k in d2]
+
+        p.tensor(torch.cat([dn, wn.to(dn.device)]), build)
+
+
+def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer type, group count and every numeric hyperparameter per group."""
+    p.value(step, "train", "optim.type", type(optimizer).__name__)
+    p.value(step, "train", "optim.groups", len(optimizer.param_groups))
+    lrs = []
+    for i, g in enumerate(optimizer.param_groups):
+        for key, val in g.items():
+            if key == "params":
+                continue
+            if isinstance(val, torch.Tensor) and val.numel() == 1:
+                val = float(val)
+            if isinstance(val, (int, float)) and not isinstance(val, bool):
+                p.value(step, "train", f"optim.g{i}.{key}", val)
+            elif isinstance(val, (tuple, list)) and val and all(isinstance(x, (int, float)) for x in val):
+                for j, x in enumerate(val):
+                    p.value(step, "train", f"optim.g{i}.{key}{j}", x)
+        lr = g.get("lr")
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr)
+        if isinstance(lr, (int, float)):
+            lrs.append(float(lr))
+    if lrs:
+        p.value(step, "train", "optim.lr_max", max(lrs))
+
+
+def _grad_rows(step: int, layout: Layout, norms: List[float]) -> List[Row]:
+    rows: List[Row] = []
+    for prefix, entries in layout:
+        total = sum(n for n, _ in entries)
+        missing = sum(n for n, i in entries if i is None or norms[i] == 0.0)
+        sq = sum(norms[i] ** 2 for _, i in entries if i is not None)
+        rows.append(row(step, "train", prefix + "no_grad_fraction", missing / total if total else 0.0))
+        rows.append(row(step, "train", prefix + "grad_norm", sq ** 0.5))
+    return rows

@@ -1,0 +1,62 @@
+"""Observations of one flush: tensors gathered with one transfer, rows built afterwards."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from tracer.stats import Stats
+from tracer.store import Row
+
+
+class Pending:
+    """Statistics of one flush: tensors gathered with one transfer, rows built afterwards."""
+
+    def __init__(self) -> None:
+        self.parts: List[torch.Tensor] = []
+        self.builders: List[Tuple[int, Callable[[List[float]], List[Row]]]] = []
+        self.rows: List[Row] = []
+
+    def tensor(self, t: torch.Tensor, build: Callable[[List[float]], List[Row]]) -> None:
+        flat = t.detach().reshape(-1).float()
+        self.parts.append(flat)
+        self.builders.append((flat.numel(), build))
+
+    def stats(self, step: int, phase: str, prefix: str, st: Optional[Stats]) -> None:
+        if st is None or not st[0]:
+            return
+        names, t = st
+        self.tensor(t, lambda v: [row(step, phase, prefix + n, x) for n, x in zip(names, v)])
+
+    def value(self, step: int, phase: str, variable: str, value: Any) -> None:
+        self.rows.append(row(step, phase, variable, value))
+
+    def resolve(self) -> List[Row]:
+        rows = self.rows
+        if self.parts:
+            by_device: Dict[torch.device, List[int]] = {}
+            for i, p in enumerate(self.parts):
+                by_device.setdefault(p.device, []).append(i)
+            values: List[List[float]] = [[] for _ in self.parts]
+            for idx in by_device.values():
+                flat = torch.cat([self.parts[i] for i in idx]).cpu().tolist()
+                pos = 0
+                for i in idx:
+                    n = self.parts[i].numel()
+                    values[i] = flat[pos:pos + n]
+                    pos += n
+            for (n, build), v in zip(self.builders, values):
+                rows.extend(build(v))
+        self.parts, self.builders, self.rows = [], [], []
+        return rows
+
+
+def row(step: int, phase: str, variable: str, value: Any) -> Row:
+    if isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, (int, float)):
+        v = float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            return (step, phase, variable, None, str(v))
+        return (step, phase, variable, v, None)
+    return (step, phase, variable, None, None if value is None else str(value))
