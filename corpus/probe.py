@@ -191,6 +191,7 @@ class Run:
     metrics_line: Optional[Dict[str, Any]] = None
     seconds: float = 0.0
     warnings: List[str] = field(default_factory=list)
+    retried: Optional[str] = None   # the first attempt's error, when the verifier ran it twice
 
     @property
     def model(self) -> Optional[nn.Module]:

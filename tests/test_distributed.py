@@ -45,7 +45,9 @@ def test_sample_fingerprints_match_per_sample() -> None:
     x = torch.randn(8, 3, 4, 4)
     fp = sample_fingerprints(x)
     assert fp.shape == (8,)
-    assert torch.equal(sample_fingerprints(x[[2, 5]]), fp[[2, 5]])
+    # A sub-batch reduces in another order (vectorised differently on some CPUs): equal up
+    # to rounding, which the comparison absorbs (12 significant digits).
+    assert torch.allclose(sample_fingerprints(x[[2, 5]]), fp[[2, 5]], rtol=1e-12, atol=0)
     assert len(set(fp.tolist())) == 8
 
 

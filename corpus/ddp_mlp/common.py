@@ -13,7 +13,7 @@ import contextlib
 import io
 import json
 import os
-import socket
+import tempfile
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -59,9 +59,15 @@ def parse(argv: Optional[List[str]], batch: int) -> argparse.Namespace:
 
 
 def train(args: argparse.Namespace, *, seed: int = 0, sampler: bool = True, raw_module_every: int = 0,
-          lr_by_local_rank: bool = False, clip_on_rank0_only: bool = False, accumulate: int = 1) -> Dict[str, Any]:
-    """One rank's training; the keywords are the variants' deviations from the reference."""
-    dist.init_process_group("gloo")
+          lr_by_local_rank: bool = False, clip_on_rank0_only: bool = False, accumulate: int = 1,
+          init_method: Optional[str] = None) -> Dict[str, Any]:
+    """One rank's training; the keywords are the variants' deviations from the reference.
+    `init_method` None: the environment's rendezvous (torchrun)."""
+    if init_method is None:
+        dist.init_process_group("gloo")
+    else:
+        dist.init_process_group("gloo", init_method=init_method, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(int(os.environ.get("SEED", seed)))
     train_set, test_set = make_data()
@@ -112,6 +118,7 @@ def train(args: argparse.Namespace, *, seed: int = 0, sampler: bool = True, raw_
     metrics = {"rank": rank, "world_size": world, "steps": step, "accuracy": round(acc, 4),
                "replica_max_diff": float(max((r - flat).abs().max() for r in replicas)),
                "samples_shared_with_other_ranks_epoch0": shared}
+    dist.barrier()  # no rank tears its connections down while a peer still uses them
     dist.destroy_process_group()
     return {"model": model.module, "metrics": metrics}
 
@@ -124,16 +131,10 @@ def evaluate(model: nn.Module, test: DataLoader) -> float:
     return correct / len(test.dataset)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawned(rank: int, port: int, argv: Optional[List[str]], batch: int, options: Dict[str, Any], out: Any) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    result = train(parse(argv, batch), **options)
+def _spawned(rank: int, rendezvous: str, argv: Optional[List[str]], batch: int, options: Dict[str, Any],
+             out: Any) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    result = train(parse(argv, batch), init_method=rendezvous, **options)
     if rank == 0:
         buf = io.BytesIO()
         torch.save(result["model"].state_dict(), buf)  # bytes: the queue outlives this process
@@ -145,10 +146,14 @@ def run(argv: Optional[List[str]] = None, *, batch: int = 32, **options: Any) ->
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         result = train(parse(argv, batch), **options)
     else:
+        # A file rendezvous: a TCP port picked here could be taken (or self-connected to)
+        # before rank 0 listens on it.
         ctx = mp.get_context("spawn")
         out = ctx.SimpleQueue()
-        mp.start_processes(_spawned, args=(_free_port(), argv, batch, options, out), nprocs=WORLD,
-                           start_method="spawn")
+        with tempfile.TemporaryDirectory(prefix="ddp_mlp_") as tmp:
+            rendezvous = "file://" + os.path.join(tmp, "rendezvous")
+            mp.start_processes(_spawned, args=(rendezvous, argv, batch, options, out), nprocs=WORLD,
+                               start_method="spawn")
         got = out.get()
         model = MLP()
         model.load_state_dict(torch.load(io.BytesIO(got["state"])))
