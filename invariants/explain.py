@@ -19,7 +19,8 @@ CAUSAL_EDGES = {
     "not_in_optimizer": ("updates", "loss_trend", "gradients", "output_scale"),
     "no_gradient": ("gradients", "updates", "loss_trend", "output_scale"),
     "input_size": ("cost", "input_scale", "eval_input_mismatch", "output_scale", "gradients", "updates", "dead_units", "loss_trend"),
-    "input_scale": ("output_scale", "gradients", "updates", "dead_units", "loss_trend"),
+    # rescaled training data explains eval data that differ from the reference's too
+    "input_scale": ("output_scale", "gradients", "updates", "dead_units", "loss_trend", "eval_input_mismatch"),
     "batch_size": ("cost", "gradients", "updates", "loss_trend", "input_scale"),
     "learning_rate": ("updates", "gradients", "dead_units", "loss_trend", "output_scale"),
     "stale_gradients": ("gradients", "updates", "loss_trend", "output_scale", "dead_units"),
@@ -27,7 +28,8 @@ CAUSAL_EDGES = {
     "eval_input_mismatch": ("output_scale",),
     "output_width": ("architecture", "loss_broadcast", "output_scale", "loss_trend", "gradients", "updates"),
     "architecture": ("gradients", "updates", "cost"),
-    "dead_units": ("gradients", "updates", "loss_trend", "output_scale"),
+    # units that never fire pass no gradient to the weights before them
+    "dead_units": ("no_gradient", "gradients", "updates", "loss_trend", "output_scale"),
     "loss_broadcast": ("gradients", "updates", "loss_trend", "output_scale"),
     "labels": ("output_width",),
     # an eval set drawn from the training data takes on the training data's statistics
@@ -57,7 +59,9 @@ HINTS = {
     "batch_size": "the batch size is far from the reference: check the DataLoader batch_size",
     "dead_units": "many activation units never fire: check initialisation, biases and the learning rate",
     "stale_gradients": "gradients are not cleared between steps: call optimizer.zero_grad() every step",
-    "eval_mode": "evaluation runs with the model in training mode: call model.eval() before evaluating",
+    "eval_mode": "the model's train/eval mode differs from the reference: call model.eval() before "
+                 "evaluating and model.train() before training steps (also after an evaluation "
+                 "inside the training loop)",
     "loss_broadcast": "loss inputs broadcast to a larger shape: squeeze the output or reshape the target",
     "output_scale": "the model's output scale changed: look at what runs before the output",
     "loss_trend": "the loss does not fall as in the reference runs",

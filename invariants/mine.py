@@ -24,10 +24,18 @@ Row = Tuple[int, str, str, Optional[float], Optional[str]]
 LOG_FLOOR = 0.05          # log10 units: a factor of 1.12 per spread
 DEAD_FLOOR = 0.0625       # dead-unit fraction: 4 spreads = a quarter of the units
 RATIO_FLOOR = 0.01
-# Eval vs train data: a mean shifted by this many training standard deviations, or a std
-# off by this fraction, is a different normalisation, not sampling noise.
-MEAN_SHIFT_FLOOR = 0.25
-STD_SHIFT_FLOOR = 0.2
+# Eval vs train data: a fraction of values in [0, 1] this far apart is a different
+# normalisation, not sampling noise.
+UNIT_FRACTION_SHIFT_FLOOR = 0.1
+# A batch statistic's spread floor relative to the data's own scale: a mean's floor is this
+# fraction of the data's std, a std's this fraction of itself (bounds sit 4 spreads out, so
+# a mean may move 0.2 std and a std 20 % beyond the reference extremes: batch-size noise,
+# not a normalisation change).
+SCALE_FLOOR = 0.05
+UNIT_FRACTION_FLOOR = 0.02
+# A learning rate that falls this far below the lowest fraction of its peak the reference
+# reached has collapsed (a scheduler stepped per batch, a decay applied every step).
+LR_COLLAPSE = 100.0
 
 
 @dataclass
@@ -73,9 +81,26 @@ class _Miner:
                 f"({result.runs} runs, {result.observations} observations).",
             locus=block_of(target[0]))
 
+    def scale_floor(self, s: Series) -> float:
+        """The spread floor of a statistic: relative to the data's scale for means, stds and
+        unit fractions of inputs, outputs and datasets; else 1e-3 of its magnitude."""
+        var = s.variable
+        if var.startswith(("input.", "output.", "data.")):
+            if var.endswith("unit_fraction"):
+                return UNIT_FRACTION_FLOOR
+            if var.endswith((".shift", ".std_ratio")):
+                return SCALE_FLOOR  # already in units of the training data's std
+            if var.endswith(".mean"):
+                companion = self.series.get((s.phase, var[: -len("mean")] + "std"))
+                if companion is not None and companion.values:
+                    return SCALE_FLOOR * statistics.fmean(abs(float(v)) for v in companion.values) + 1e-6
+            if var.endswith(".std"):
+                return SCALE_FLOOR * statistics.fmean(abs(float(v)) for v in s.values) + 1e-6
+        return 1e-3 * max((abs(float(v)) for v in s.values), default=0.0) + 1e-6
+
     def single(self, s: Series) -> None:
         k = kind_of(s.variable)
-        if k.family == "eval_mode" and s.phase == "train":
+        if s.variable.startswith("model.dropout_") and s.phase == "train":
             k = replace(k, severity="warning")  # dropout settings while training are configuration
         target, phase = (s.variable,), s.phase
         what = f"In {phase}, {describe(s.variable)}"
@@ -107,10 +132,11 @@ class _Miner:
                 fit = Discard("trivial: the reference minimum is 0")
             self.emit(Range, target, phase, fit, k.severity, None, what)
         elif k.kind == "stat":
-            floor = 1e-3 * max((abs(float(v)) for v in s.values), default=0.0) + 1e-6
             end = None if k.severity == "error" else dyn_end
-            self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=floor),
-                      k.severity, end, what)
+            # dataset statistics are read once per run: three runs are enough support
+            once = s.variable.startswith("data.")
+            self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=self.scale_floor(s),
+                                                     per_run=once), k.severity, end, what)
         elif k.kind == "bounded":
             self.emit(Range, target, phase, Range.fit(s, log=False, margin=4.0, floor=DEAD_FLOOR,
                                                      lo_clip=0.0, hi_clip=1.0), k.severity, dyn_end, what)
@@ -121,6 +147,14 @@ class _Miner:
                       "warning", None if once else dyn_end, what)
             if k.family in ("batch_size", "learning_rate", "cost", "output_scale"):
                 self.magnitude(s, k.family, what, per_run=once)
+        elif k.kind == "decay":
+            self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR, lower_only=True),
+                      "warning", dyn_end, what)
+            fit = Range.fit(s, log=True, margin=0.0, floor=0.0)
+            if isinstance(fit, Fit):
+                fit = Fit({"min": float(f"{fit.expect['min'] / LR_COLLAPSE:.6g}"), "max": 1.0},
+                          fit.support_span, fit.observations, fit.runs)
+            self.emit(Magnitude, target, phase, fit, "error", dyn_end, what)
         elif k.kind == "trend":
             self.emit(Trend, target, phase, Trend.fit(s, self.n_runs, dyn_end), k.severity, dyn_end, what)
             self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR),
@@ -143,19 +177,13 @@ class _Miner:
             self.emit(Ratio, ("output.width", "data.train.label_max"), "train",
                       Ratio.fit(width, label, RATIO_FLOOR), "error", None,
                       "output width / largest training label")
-        train_std = self.series.get(("train", "data.train.std"))
-        scale = statistics.fmean(float(v) for v in train_std.values) if train_std and train_std.values else 1.0
-        for (phase, var), ev in sorted(self.series.items()):
-            if phase != "eval" or not var.startswith("data.eval."):
-                continue
-            stat = var[len("data.eval."):]
-            tr = self.series.get(("train", "data.train." + stat))
-            if tr is None or kind_of(var).kind != "stat":
-                continue
-            floor = (MEAN_SHIFT_FLOOR * scale if stat.endswith("mean")
-                     else STD_SHIFT_FLOOR * abs(statistics.fmean(float(v) for v in tr.values)))
-            self.emit(Equal, (var, "data.train." + stat), "eval", Equal.fit(ev, tr, floor),
-                      "error", None, f"eval data {stat} - training data {stat}")
+        # Eval vs train data: means and stds are compared scale-free by the tracer's
+        # data.eval.shift / std_ratio ranges; the fraction of values in [0, 1] directly.
+        ev, tr = self.series.get(("eval", "data.eval.unit_fraction")), self.series.get(("train", "data.train.unit_fraction"))
+        if ev is not None and tr is not None:
+            floor = UNIT_FRACTION_SHIFT_FLOOR
+            self.emit(Equal, ("data.eval.unit_fraction", "data.train.unit_fraction"), "eval", Equal.fit(ev, tr, floor),
+                      "error", None, "eval data unit_fraction - training data unit_fraction")
 
     def suppress(self) -> None:
         """Drops invariants implied by others (Daikon's implication suppression)."""
@@ -169,8 +197,6 @@ class _Miner:
                 implied[iid] = "implied by constant input.shape"
             elif inv.target == ("output.width",) and key("output.shape") in constant:
                 implied[iid] = "implied by constant output.shape"
-            elif inv.target == ("model.training",) and inv.when.phase == "train":
-                implied[iid] = "implied by the definition of the train phase"
         for iid, reason in implied.items():
             del self.out[iid]
             self.discarded.append((iid, reason))

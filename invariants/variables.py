@@ -20,6 +20,8 @@ from typing import Optional, Tuple
 #   at_least  - count that must not fall below the reference minimum
 #   disjoint  - overlap count that must stay 0
 #   trend     - loss: must fall over the first steps (plus a log-range)
+#   decay     - fraction of a peak (learning rate): log lower bound (warning), and an error
+#               bound far below anything the reference reached
 #   skip      - recorded for people, not mined
 
 
@@ -50,6 +52,7 @@ _RULES: Tuple[Tuple[str, Kind], ...] = (
     (r"loss\.broadcast", Kind("structure", "loss_broadcast", "error")),
     (r"loss\.value", Kind("trend", "loss_trend", "warning")),
     (r"model\.(training|dropout_active|dropout_applied)", Kind("structure", "eval_mode", "error")),
+    (r"model\.train_mode_fraction", Kind("fraction", "eval_mode", "error")),
     (r"block\..+\.params", Kind("structure", "architecture", "error")),
     (r"block\..+\.trainable_fraction", Kind("fraction", "frozen", "error")),
     (r"block\..+\.in_optimizer_fraction", Kind("fraction", "not_in_optimizer", "error")),
@@ -61,12 +64,14 @@ _RULES: Tuple[Tuple[str, Kind], ...] = (
     (r"optim\.type", Kind("category", "optimizer", "warning")),
     (r"optim\.groups", Kind("structure", "optimizer", "warning")),
     (r"optim\.(lr_max|g\d+\.lr)", Kind("scale", "learning_rate", "warning")),
+    (r"optim\.lr_fraction_of_peak", Kind("decay", "learning_rate", "error")),
     (r"optim\.zero_grad_calls", Kind("at_least", "stale_gradients", "error")),
     (r"optim\.g\d+\..+", Kind("skip", "optimizer", "warning")),
     (r"loader\.(train|eval)\.batch_size", Kind("scale", "batch_size", "warning")),
     (r"data\.overlap", Kind("disjoint", "leakage", "error")),
     (r"data\.overlap_fraction", Kind("skip", "leakage", "error")),
     (r"data\.(train|eval)\.(mean|std|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+    (r"data\.eval\.(c\d+\.)?(shift|std_ratio)", Kind("stat", "input_scale", "error")),
     (r"data\.(train|eval)\.(min|max)", Kind("skip", "input_scale", "error")),
     (r"data\.(train|eval)\.(label_max|classes)", Kind("skip", "labels", "error")),
     (r"step\.time", Kind("scale", "cost", "warning")),
@@ -130,6 +135,7 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"loss\.value", "the loss"),
     (r"model\.training", "the model's training flag"),
     (r"model\.dropout_active", "the fraction of dropout modules in training mode"),
+    (r"model\.train_mode_fraction", "the fraction of the model's modules in training mode"),
     (r"model\.dropout_applied", "the number of dropout calls that dropped units in one forward"),
     (r"block\.(.+)\.params", "the parameter count of block `{0}`"),
     (r"block\.(.+)\.trainable_fraction", "the fraction of block `{0}`'s parameters that are trainable"),
@@ -140,6 +146,14 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"act\.(.+)\.dead_fraction", "the fraction of units of `{0}` that never fire in a batch"),
     (r"optim\.zero_grad_calls", "the number of zero_grad() calls between optimizer steps"),
     (r"optim\.lr_max", "the largest learning rate over parameter groups"),
+    (r"optim\.lr_fraction_of_peak", "the largest learning rate as a fraction of its peak so far"),
+    (r"data\.eval\.shift", "the eval data's mean minus the training data's, in training standard deviations"),
+    (r"data\.eval\.c(\d+)\.shift", "channel {c} of the eval data: its mean minus the training data's, "
+                                   "in training standard deviations"),
+    (r"data\.eval\.std_ratio", "the eval data's standard deviation over the training data's"),
+    (r"data\.eval\.c(\d+)\.std_ratio", "channel {c} of the eval data: its standard deviation over the "
+                                       "training data's"),
+    (r"data\.(train|eval)\.(mean|std|unit_fraction)", "the {0} dataset's {m} (sampled)"),
     (r"loader\.(train|eval)\.batch_size", "the {0} DataLoader's batch size"),
     (r"data\.overlap", "the number of evaluation samples that are also training samples"),
     (r"step\.time", "the wall time per optimizer step (median of recent steps)"),

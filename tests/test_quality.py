@@ -48,8 +48,9 @@ def invariants() -> InvariantSet:
 
 
 @pytest.mark.quality
-@pytest.mark.parametrize("args", [[], ["--functional"], ["--batch", "24"], ["--lr-scale", "1.5"]],
-                         ids=["new-seed", "functional-loss", "batch-24", "lr-x1.5"])
+@pytest.mark.parametrize("args", [[], ["--functional"], ["--batch", "24"], ["--lr-scale", "1.5"],
+                                  ["--zero-grad-after-forward"]],
+                         ids=["new-seed", "functional-loss", "batch-24", "lr-x1.5", "zero-grad-after-forward"])
 def test_valid_changes_have_no_errors(invariants: InvariantSet, args: List[str]) -> None:
     violations, _ = _check(invariants, args)
     assert [v for v in violations if v.severity == "error"] == []
@@ -68,6 +69,11 @@ def test_valid_changes_have_no_errors(invariants: InvariantSet, args: List[str])
     (["--batch", "2"], "batch_size", None, 0),
     (["--lr-scale", "20"], "learning_rate", None, 0),
     (["--no-eval-mode"], "eval_mode", None, STEPS),
+    (["--train-in-eval-mode"], "eval_mode", None, 0),
+    (["--lr-step-per-batch"], "learning_rate", None, 10),
+    (["--dead-units"], "dead_units", "features.2", 0),
+    # both splits rescaled alike: the training data's scale, not an eval/train mismatch
+    (["--scale-all", "255"], "input_scale", None, 0),
 ], ids=lambda a: a if isinstance(a, str) else None)
 def test_bug_is_found_with_its_root_cause(invariants: InvariantSet, args: List[str], family: str,
                                            locus: str, max_step: int) -> None:

@@ -151,3 +151,65 @@ def test_store_accepts_concurrent_writers(tmp_path: Path) -> None:
         runs = s.runs()
         assert len(runs) == 4
         assert all(s.observation_count(r.id) == 1000 for r in runs)
+
+
+class _FunctionalNet(torch.nn.Module):
+    """Rectifiers called as functions, as a method and as a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8)
+        self.block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.relu(self.fc1(x))
+        h = self.fc2(h).relu()
+        return self.head(self.block(h))
+
+
+def _trace_steps(model: torch.nn.Module, steps: int, eval_mode: bool = False):
+    from tracer.session import TraceSession
+    rows: list = []
+    with TraceSession(TraceConfig(), rows.extend):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # inside: the session learns of it
+        if eval_mode:
+            model.eval()
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 2, (16,))).backward()
+            opt.step()
+    return rows
+
+
+def test_functional_rectifiers_are_observed_once_each() -> None:
+    rows = _trace_steps(_FunctionalNet(), 1)
+    dead = sorted({r[2] for r in rows if r[2].endswith("dead_fraction")})
+    # F.relu and x.relu() in the root's forward, the nn.ReLU module once (not again as a function)
+    assert dead == ["act.F.relu1.dead_fraction", "act.F.relu2.dead_fraction", "act.block.1.dead_fraction"]
+
+
+def test_training_in_eval_mode_is_recorded_as_training() -> None:
+    # No loader and model.eval() left on: each forward is undecided until optimizer.step()
+    # shows it was a training step.
+    rows = _trace_steps(_FunctionalNet(), 3, eval_mode=True)
+    assert _values(rows, "model.training") == [0.0, 0.0, 0.0]
+    assert _values(rows, "model.train_mode_fraction") == [0.0, 0.0, 0.0]
+    assert _values(rows, "input.shape", "eval") == []
+    assert len(_values(rows, "loss.value")) == 3
+
+
+def test_eval_forward_with_gradients_stays_eval() -> None:
+    from tracer.session import TraceSession
+    model, rows = _FunctionalNet(), []
+    with TraceSession(TraceConfig(), rows.extend):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            model.train()
+            opt.zero_grad()
+            model(torch.randn(16, 4)).sum().backward()
+            opt.step()
+            model.eval()
+            model(torch.randn(8, 4))  # an evaluation without torch.no_grad()
+    assert _values(rows, "input.batch") == [16.0, 16.0]
+    assert _values(rows, "input.batch", "eval") == [8.0, 8.0]

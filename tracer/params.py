@@ -92,8 +92,9 @@ class ParameterObserver:
         p.tensor(torch.cat([dn, wn.to(dn.device)]), build)
 
 
-def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> None:
-    """Optimizer type, group count and every numeric hyperparameter per group."""
+def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> Optional[float]:
+    """Optimizer type, group count and every numeric hyperparameter per group; returns the
+    largest learning rate (None if no group has a numeric one)."""
     p.value(step, "train", "optim.type", type(optimizer).__name__)
     p.value(step, "train", "optim.groups", len(optimizer.param_groups))
     lrs = []
@@ -115,6 +116,7 @@ def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> 
             lrs.append(float(lr))
     if lrs:
         p.value(step, "train", "optim.lr_max", max(lrs))
+    return max(lrs) if lrs else None
 
 
 def _grad_rows(step: int, layout: Layout, norms: List[float]) -> List[Row]:

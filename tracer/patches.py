@@ -9,6 +9,7 @@ import contextlib
 import functools
 from typing import Any, Callable, Iterator
 
+import torch
 import torch.nn.functional as F
 
 # Functional losses (loss modules call these too, through `F.<name>`).
@@ -22,16 +23,23 @@ CLASSIFICATION_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
 
 @contextlib.contextmanager
 def patched(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
-    """Replaces `owner.name` by `make(original)` for the duration of the block."""
-    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    """Replaces `owner.name` by `make(original)` for the duration of the block. An
+    attribute a class only inherits (`Tensor.relu` lives on its C base) is shadowed on the
+    class and the shadow removed afterwards."""
+    inherited = isinstance(owner, type) and name not in owner.__dict__
+    original = getattr(owner, name) if inherited or not isinstance(owner, type) else owner.__dict__[name]
     wrapper = make(original)
     if callable(original) and not isinstance(original, (staticmethod, classmethod)):
-        functools.update_wrapper(wrapper, original)
+        with contextlib.suppress(AttributeError, TypeError):
+            functools.update_wrapper(wrapper, original)
     setattr(owner, name, wrapper)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        if inherited:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 def loss_patches(stack: contextlib.ExitStack, on_loss: Callable[[str, tuple, Any], None]) -> None:
@@ -83,3 +91,24 @@ def dropout_patches(stack: contextlib.ExitStack, on_dropout: Callable[[], None])
             return dropout
 
         stack.enter_context(patched(F, name, make))
+
+
+# Functional rectifiers: `F.relu` and `nn.ReLU` end in `torch.relu`/`torch.relu_`; `x.relu()`
+# is a Tensor method. (owner, name) pairs; each call is reported once.
+RELU_FUNCTIONS = ((torch, "relu"), (torch, "relu_"), (torch.Tensor, "relu"), (torch.Tensor, "relu_"))
+
+
+def relu_patches(stack: contextlib.ExitStack, on_relu: Callable[[Any], None]) -> None:
+    """Wraps the rectifier entry points; `on_relu(result)` sees every output tensor."""
+    for owner, name in RELU_FUNCTIONS:
+        if not hasattr(owner, name):
+            continue
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def relu(*args: Any, **kwargs: Any) -> Any:
+                result = original(*args, **kwargs)
+                on_relu(result)
+                return result
+            return relu
+
+        stack.enter_context(patched(owner, name, make))

@@ -31,6 +31,22 @@ class Pending:
     def value(self, step: int, phase: str, variable: str, value: Any) -> None:
         self.rows.append(row(step, phase, variable, value))
 
+    def empty(self) -> bool:
+        return not (self.parts or self.rows)
+
+    def absorb(self, other: "Pending", phase: Optional[str] = None) -> None:
+        """Takes over `other`'s observations (leaving it empty); with `phase`, relabelled
+        (which resolves them: one transfer)."""
+        if other.empty():
+            return
+        if phase is None:
+            self.parts += other.parts
+            self.builders += other.builders
+            self.rows += other.rows
+            other.parts, other.builders, other.rows = [], [], []
+        else:
+            self.rows += [(s, phase, v, x, t) for s, _, v, x, t in other.resolve()]
+
     def resolve(self) -> List[Row]:
         rows = self.rows
         if self.parts:

@@ -28,12 +28,14 @@ from tracer import data as datamod
 from tracer import stats
 from tracer.blocks import ACTIVATIONS, RECTIFIERS
 from tracer.graph import GraphRecord, capture, output_shapes
+from tracer.loaders import LoaderTracker
 from tracer.params import ParameterObserver, optimizer_stats
 from tracer.pending import Pending, row
-from tracer.patches import CLASSIFICATION_LOSSES, dropout_patches, loss_patches, patched
+from tracer.patches import CLASSIFICATION_LOSSES, dropout_patches, loss_patches, patched, relu_patches
 from tracer.store import Row
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+MAX_FUNCTIONAL_RELUS = 32  # functional rectifier calls observed per forward
 
 
 class StepBudgetReached(BaseException):
@@ -89,6 +91,15 @@ class TraceSession:
         self._disabled: Set[str] = set()
         self._stack: Optional[contextlib.ExitStack] = None
         self._pending = Pending()
+        # A forward with gradients on but the model in eval mode is evaluation or a training
+        # step run in the wrong mode: its observations wait here until the next optimizer
+        # step (train) or the next forward (eval) decides.
+        self._provisional = Pending()
+        self._rec = self._pending  # where the current forward's observations go
+        self._lr_peak = 0.0
+        self._mstack: List[nn.Module] = []       # modules executing inside the root call
+        self._relu_calls: Dict[int, int] = {}    # parent module id -> functional relus seen
+        self._modules_cache: Optional[Tuple[nn.Module, List[nn.Module]]] = None
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
         self._primary: Optional[weakref.ref] = None
         self._root: Optional[weakref.ref] = None
@@ -102,10 +113,7 @@ class TraceSession:
         self._eval_seen = 0
         self._module_calls: Optional[List[Tuple[str, str, List[List[int]]]]] = None
         self._first_forward_done = False
-        self._loaders: "weakref.WeakValueDictionary[int, DataLoader]" = weakref.WeakValueDictionary()
-        self._roles: Dict[int, str] = {}
-        self._examined: Set[int] = set()
-        self._current_loader: Optional[int] = None
+        self._data = LoaderTracker()
         self._zero_grad_calls = 0
         self._dropout_cache: Optional[Tuple[nn.Module, List[nn.Module]]] = None
         self._params = ParameterObserver(config.block_depth)
@@ -139,7 +147,7 @@ class TraceSession:
         def loader_init(original: Callable[..., Any]) -> Callable[..., Any]:
             def __init__(self_: Any, *args: Any, **kwargs: Any) -> None:
                 original(self_, *args, **kwargs)
-                session._guard("loader", session._register_loader, self_)
+                session._guard("loader", session._data.register, self_)
             return __init__
 
         def loader_iter(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -151,7 +159,7 @@ class TraceSession:
 
         def iter_next(original: Callable[..., Any]) -> Callable[..., Any]:
             def __next__(self_: Any) -> Any:
-                session._current_loader = getattr(self_, "_invar_loader", session._current_loader)
+                session._data.current_id = getattr(self_, "_invar_loader", session._data.current_id)
                 return original(self_)
             return __next__
 
@@ -163,6 +171,7 @@ class TraceSession:
         s.enter_context(patched(_BaseDataLoaderIter, "__next__", iter_next))
         loss_patches(s, lambda name, pair, result: self._guard("loss", self._loss, name, pair, result))
         dropout_patches(s, self._dropout_applied)
+        relu_patches(s, self._on_relu)
         self._stack = s
         return self
 
@@ -187,7 +196,7 @@ class TraceSession:
 
     def current_loader(self) -> Optional[DataLoader]:
         """The DataLoader whose batch is being processed, if any."""
-        return self._loaders.get(self._current_loader) if self._current_loader is not None else None
+        return self._data.current()
 
     def request_stop(self, reason: str) -> None:
         """Ends the run at the next optimizer step (listeners call this)."""
@@ -223,6 +232,7 @@ class TraceSession:
         return self.config.detail_every <= 1 or step % self.config.detail_every == 0
 
     def flush(self) -> None:
+        self._pending.absorb(self._provisional)
         rows = self._pending.resolve()
         if rows:
             for r in rows:
@@ -250,13 +260,17 @@ class TraceSession:
         if self._quiet:
             return
         self._depth += 1
-        if self._depth == 1 and not self._in_root:
+        if self._in_root:
+            self._mstack.append(module)
+        elif self._depth == 1:
             root = self.root
             if root is None and self._optimizers:
                 self._guard("root", self._pick_root, module)
                 root = self.root
             if module is root:
                 self._in_root = True
+                self._mstack = [module]
+                self._relu_calls = {}
                 self._guard("input", self._root_called, module, args)
                 for ext in self.extensions:  # optional: extensions that watch the model input
                     if hasattr(ext, "on_input"):
@@ -268,8 +282,11 @@ class TraceSession:
         self._depth = max(0, self._depth - 1)
         if not self._in_root:
             return
+        if self._mstack and self._mstack[-1] is module:
+            self._mstack.pop()
         if self._depth == 0 and module is self.root:
             self._in_root = False
+            self._mstack = []
             if self._recording is not None:
                 self._guard("output", self._root_output, output)
                 if self._module_calls is not None:
@@ -279,13 +296,24 @@ class TraceSession:
         if self._recording is not None:
             self._guard("module", self._module_output, module, output)
 
+    def _phase_of(self, root: nn.Module) -> Tuple[str, bool]:
+        """The phase of a root call, and whether it is provisional (gradients on, model in
+        eval mode, not an evaluation loader's batch: evaluation, or training in the wrong
+        mode; the next optimizer step decides)."""
+        grad = torch.is_grad_enabled()
+        role = self._data.current_role()
+        if root.training and grad:
+            if role != "train" and self._data.current_id is not None and self._data.has_train():
+                return "eval", False  # batches of a loader that never drives optimizer steps
+            return "train", False
+        # (The current loader may be stale, so even the train loader's role does not decide.)
+        return "eval", grad and role != "eval"
+
     def _root_called(self, root: nn.Module, args: tuple) -> None:
-        phase = "train" if (root.training and torch.is_grad_enabled()) else "eval"
-        cur = self._current_loader
-        if (phase == "train" and cur is not None and self._roles.get(cur) != "train"
-                and "train" in self._roles.values()):
-            phase = "eval"  # batches of a loader that never drives optimizer steps are evaluation
+        self._pending.absorb(self._provisional)  # a new forward: the undecided one was evaluation
+        phase, provisional = self._phase_of(root)
         self._phase = phase
+        self._rec = self._provisional if provisional else self._pending
         if not self._first_forward_done:
             self._first_forward_done = True
             self._step_started = time.perf_counter()  # step 0 starts here, not at import time
@@ -303,12 +331,13 @@ class TraceSession:
             if self._eval_seen >= self.config.eval_batches:
                 return
             self._eval_seen += 1
-            self._examine_loader_late()
+            if not provisional:
+                self._data.examine_late(self._pending, self.step)
         self._seen_this_step.add((phase, "input"))
         self._recording = phase
         self._dropouts_applied = 0
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        p, step = self._pending, self.step
+        p, step = self._rec, self.step
         if x is not None:
             p.value(step, phase, "input.shape", stats.shape_text(x.shape[1:]))
             p.value(step, phase, "input.batch", x.shape[0] if x.dim() else 1)
@@ -317,17 +346,29 @@ class TraceSession:
                 p.value(step, phase, "input.side", x.shape[-1])
             p.stats(step, phase, "input.", stats.input_stats(x))
         p.value(step, phase, "model.training", root.training)
+        modes = [m.training for m in self._modules(root)]
+        p.value(step, phase, "model.train_mode_fraction", sum(modes) / len(modes))
         dropouts = [m.training for m in self._dropouts(root)]
         if dropouts:
             p.value(step, phase, "model.dropout_active", sum(dropouts) / len(dropouts))
-        loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
-        if loader is not None:
-            role = self._roles.get(id(loader)) or ("eval" if phase == "eval" else None)
+        loader = self._data.current()
+        if loader is not None and not provisional:
+            role = self._data.roles.get(id(loader)) or ("eval" if phase == "eval" else None)
             if role == "eval":
-                self._roles[id(loader)] = "eval"
+                self._data.roles[id(loader)] = "eval"
                 p.value(step, phase, "loader.eval.batch_size", datamod.loader_batch_size(loader))
-        if phase == "train" and self.step > 0:
-            p.value(step, phase, "optim.zero_grad_calls", self._zero_grad_calls)
+
+    def _decide_provisional(self) -> None:
+        """At an optimizer step: an undecided forward just before it was a training step
+        taken in eval mode; its observations become train-phase ones."""
+        prov = self._provisional
+        if prov.empty():
+            return
+        self._provisional = Pending()
+        if self.observed(self.step) and ("train", "input") not in self._seen_this_step:
+            self._seen_this_step.add(("train", "input"))
+            self._eval_seen = max(0, self._eval_seen - 1)
+            self._pending.absorb(prov, phase="train")
 
     def _dropout_applied(self) -> None:
         if self._in_root and self._recording is not None and not self._quiet:
@@ -343,7 +384,7 @@ class TraceSession:
             out = getattr(out, "logits", None)
         if not isinstance(out, torch.Tensor):
             return
-        phase, step, p = self._recording or "train", self.step, self._pending
+        phase, step, p = self._recording or "train", self.step, self._rec
         # Dropout that really dropped during this forward (modules and functional calls alike).
         p.value(step, phase, "model.dropout_applied", self._dropouts_applied)
         self._dropouts_applied = 0
@@ -368,6 +409,31 @@ class TraceSession:
             self._pending.stats(self.step, "train", f"act.{name}.",
                                 stats.activation_stats(output, isinstance(module, RECTIFIERS)))
 
+    def _on_relu(self, out: Any) -> None:
+        if self._in_root and self._recording == "train" and not self._quiet:
+            self._guard("activations", self._functional_relu, out)
+
+    def _functional_relu(self, out: Any) -> None:
+        """A rectifier called as a function (`F.relu`, `torch.relu`, `x.relu()`) inside the
+        root's forward, named after the module whose forward calls it: `F.relu1` for the
+        root's first, `layer1.0.F.relu2` for a submodule's second."""
+        if (not self.config.activations or not self._detailed(self.step) or not isinstance(out, torch.Tensor)
+                or not self._mstack):
+            return
+        parent = self._mstack[-1]
+        if isinstance(parent, RECTIFIERS):
+            return  # an nn.ReLU module: its forward hook observes it
+        k = self._relu_calls.get(id(parent), 0) + 1
+        self._relu_calls[id(parent)] = k
+        if k > MAX_FUNCTIONAL_RELUS:
+            return
+        prefix = self._names.get(id(parent), "")
+        name = f"{prefix}.F.relu{k}" if prefix else f"F.relu{k}"
+        if ("act", name) in self._seen_this_step:
+            return
+        self._seen_this_step.add(("act", name))
+        self._pending.stats(self.step, "train", f"act.{name}.", stats.activation_stats(out, True))
+
     def _capture_graph(self, root: nn.Module) -> None:
         calls, self._module_calls = self._module_calls or [], None
         with self.quiet():
@@ -383,7 +449,7 @@ class TraceSession:
         if (phase, "loss") in self._seen_this_step and phase == "train":
             return
         self._seen_this_step.add((phase, "loss"))
-        p, step = self._pending, self.step
+        p, step = self._rec, self.step
         inp, target = pair
         tensors = [t for t in (inp, target) if isinstance(t, torch.Tensor)]
         p.value(step, phase, "loss.input_shapes", stats.shapes_text(tensors))
@@ -396,49 +462,9 @@ class TraceSession:
             p.tensor(result.detach().float().mean(),
                      lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
 
-    # -- data loaders -----------------------------------------------------------------
-    def _register_loader(self, loader: DataLoader) -> None:
-        self._loaders[id(loader)] = loader
-
     def _loader_iterated(self, loader: DataLoader, it: Any) -> None:
-        self._loaders[id(loader)] = loader
-        it._invar_loader = id(loader)
-        self._current_loader = id(loader)
+        self._data.iterated(loader, it)
         self._eval_seen = 0
-
-    def _examine_data(self, train: DataLoader) -> None:
-        """Overlap and dataset statistics of the train loader vs every other loader."""
-        p, step = self._pending, self.step
-        if id(train) not in self._examined:
-            self._examined.add(id(train))
-            self._peek(train, "train")
-        for other in list(self._loaders.values()):
-            if other is train or id(other) in self._examined or self._roles.get(id(other)) == "train":
-                continue
-            self._examined.add(id(other))
-            ov = datamod.overlap(train.dataset, other.dataset)
-            p.value(step, "eval", "data.overlap", ov.count)
-            p.value(step, "eval", "data.overlap_fraction", ov.count / max(1, ov.eval_size))
-            self._peek(other, "eval")
-
-    def _examine_loader_late(self) -> None:
-        # An eval loader created after the first step is examined when first used.
-        cur = self._current_loader
-        if cur is None or cur in self._examined:
-            return
-        train = next((self._loaders.get(i) for i, r in self._roles.items() if r == "train"
-                      and self._loaders.get(i) is not None), None)
-        if train is not None:
-            self._examine_data(train)
-
-    def _peek(self, loader: DataLoader, role: str) -> None:
-        pk = datamod.peek(loader.dataset)
-        p, step = self._pending, self.step
-        if pk.inputs is not None and pk.inputs.is_floating_point():
-            p.stats(step, role, f"data.{role}.", stats.input_stats(pk.inputs))
-        if pk.labels is not None and not pk.labels.is_floating_point() and pk.labels.numel():
-            p.value(step, role, f"data.{role}.label_max", int(pk.labels.max()))
-            p.value(step, role, f"data.{role}.classes", int(torch.unique(pk.labels).numel()))
 
     # -- optimizer hooks --------------------------------------------------------------
     def _is_primary(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -449,18 +475,25 @@ class TraceSession:
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._quiet or not self._is_primary(optimizer):
             return
+        self._guard("input", self._decide_provisional)
         if self.observed(self.step):
+            if self.step > 0:  # zero_grad() may come before or after the forward, not at step 0
+                self._pending.value(self.step, "train", "optim.zero_grad_calls", self._zero_grad_calls)
             root = self.root
             if root is not None:
                 self._guard("blocks", self._params.before_step, self._pending, self.step, root,
                             self._optimizer_param_ids(), self._detailed(self.step))
-            self._guard("optimizer", optimizer_stats, self._pending, self.step, optimizer)
-            loader = self._loaders.get(self._current_loader) if self._current_loader is not None else None
+            lr = self._guard("optimizer", optimizer_stats, self._pending, self.step, optimizer)
+            if lr is not None and lr > 0:
+                # Decay from the peak so far: a warm-up never lowers it, a collapse does.
+                self._lr_peak = max(self._lr_peak, lr)
+                self._pending.value(self.step, "train", "optim.lr_fraction_of_peak", lr / self._lr_peak)
+            loader = self._data.current()
             if loader is not None:
-                self._roles[id(loader)] = "train"
+                self._data.roles[id(loader)] = "train"
                 self._pending.value(self.step, "train", "loader.train.batch_size",
                                     datamod.loader_batch_size(loader))
-                self._guard("data", self._examine_data, loader)
+                self._guard("data", self._data.examine, self._pending, self.step, loader)
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._quiet or not self._is_primary(optimizer):
@@ -491,6 +524,11 @@ class TraceSession:
             return float(torch.cuda.max_memory_allocated())
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return float(max(0, rss - self._rss0) * 1024)
+
+    def _modules(self, root: nn.Module) -> List[nn.Module]:
+        if self._modules_cache is None or self._modules_cache[0] is not root:
+            self._modules_cache = (root, list(root.modules()))
+        return self._modules_cache[1]
 
     def _dropouts(self, root: nn.Module) -> List[nn.Module]:
         if self._dropout_cache is None or self._dropout_cache[0] is not root:

@@ -61,6 +61,43 @@ def input_stats(x: torch.Tensor) -> Stats:
 
 
 @torch.no_grad()
+def relative_stats(ref: Stats, other: Stats) -> Optional[Stats]:
+    """`other`'s means as shifts from `ref`'s in units of `ref`'s std (`shift`, `c{i}.shift`)
+    and its stds as ratios to `ref`'s (`std_ratio`, `c{i}.std_ratio`): eval data against
+    training data, independent of the data's overall scale. None if the layouts differ."""
+    (rn, rv), (on, ov) = ref, other
+    if rn != on:
+        return None
+    pos = {n: i for i, n in enumerate(rn)}
+    names, num, ref_i, std_i = [], [], [], []
+    for n in rn:
+        base = n[: -len("mean")] if n.endswith("mean") else None
+        if base is not None and base + "std" in pos:
+            names.append(base + "shift")
+            num.append(pos[n])
+            ref_i.append(pos[n])
+            std_i.append(pos[base + "std"])
+    shifts = [(names[k], num[k], ref_i[k], std_i[k]) for k in range(len(names))]
+    stds = [n for n in rn if n.endswith("std")]
+    if not shifts and not stds:
+        return None
+    rv, ov = rv.double(), ov.to(rv.device).double()
+    out_names: List[str] = []
+    parts: List[torch.Tensor] = []
+    if shifts:
+        i = torch.tensor([k for _, k, _, _ in shifts], device=rv.device)
+        r = torch.tensor([k for _, _, k, _ in shifts], device=rv.device)
+        d = torch.tensor([k for _, _, _, k in shifts], device=rv.device)
+        parts.append((ov[i] - rv[r]) / rv[d].abs().clamp_min(1e-12))
+        out_names += [n for n, _, _, _ in shifts]
+    if stds:
+        j = torch.tensor([pos[n] for n in stds], device=rv.device)
+        parts.append(ov[j] / rv[j].abs().clamp_min(1e-12))
+        out_names += [n + "_ratio" for n in stds]
+    return out_names, torch.cat(parts).float()
+
+
+@torch.no_grad()
 def label_stats(y: torch.Tensor) -> Optional[Stats]:
     """min, max and distinct count of integer class labels; None for other targets."""
     if y.is_floating_point() or y.is_complex() or y.numel() == 0 or y.dtype == torch.bool:

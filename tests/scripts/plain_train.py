@@ -29,11 +29,17 @@ def main() -> None:
     ap.add_argument("--lr-scale", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--detach-features", action="store_true")  # features get no gradient
+    ap.add_argument("--train-in-eval-mode", action="store_true")  # model.eval() left on while training
+    ap.add_argument("--lr-step-per-batch", action="store_true")  # an epoch scheduler stepped per batch
+    ap.add_argument("--dead-units", action="store_true")    # a bias that keeps the ReLU from firing
+    ap.add_argument("--scale-all", type=float, default=1.0)  # train and eval data both rescaled
+    ap.add_argument("--zero-grad-after-forward", action="store_true")  # valid: zeroed before backward
     args = ap.parse_args()
 
     torch.manual_seed(0)
     x = torch.randn(512, 3, 8, 8)
     y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0].mean(dim=(1, 2)) > 0).long()
+    x = x * args.scale_all
     base = TensorDataset(x, y)
     train_idx = list(range(0, 384))
     test_idx = list(range(256, 512)) if args.overlap else list(range(384, 512))
@@ -50,19 +56,30 @@ def main() -> None:
     ], momentum=0.9)
     if args.late_head:
         model.head = nn.Linear(8, args.classes)
+    if args.dead_units:
+        with torch.no_grad():
+            model.features[1].bias.fill_(-10.0)  # after BatchNorm, so nothing renormalises it
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1) if args.lr_step_per_batch else None
     loss_fn = nn.CrossEntropyLoss()
     step = 0
+    if args.train_in_eval_mode:
+        model.eval()
     for epoch in range(args.epochs):
-        model.train()
+        if not args.train_in_eval_mode:
+            model.train()
         for xb, yb in train:
-            if not args.no_zero_grad:
+            if not args.no_zero_grad and not args.zero_grad_after_forward:
                 opt.zero_grad()
             if args.upsample > 1:
                 xb = F.interpolate(xb, scale_factor=args.upsample)
             out = model(xb)
+            if args.zero_grad_after_forward:
+                opt.zero_grad()
             loss = F.cross_entropy(out, yb) if args.functional else loss_fn(out, yb)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             step += 1
             if step == args.crash_at:
                 raise RuntimeError("boom at step %d" % step)
