@@ -22,7 +22,7 @@ KNOWN_CAUSES = frozenset({
     "frozen", "no_gradient", "not_in_optimizer", "input_size", "input_scale",
     "eval_input_mismatch", "output_width", "leakage", "learning_rate", "batch_size",
     "dead_units", "stale_gradients", "eval_mode", "loss_broadcast", "loss_trend",
-    "output_scale",
+    "output_scale", "data_order",
 })
 
 def cause_vocabulary() -> FrozenSet[str]:

@@ -40,6 +40,8 @@ CAUSAL_EDGES = {
     "unsynced_gradients": ("replica_divergence", "gradients", "updates", "loss_trend"),
     "replica_divergence": ("gradients", "updates", "loss_trend", "output_scale"),
     "duplicate_shards": ("loss_trend",),
+    # batches of one class each: the gradients swing from class to class
+    "data_order": ("loss_trend", "gradients", "updates", "output_scale"),
 }
 
 HINTS = {
@@ -57,6 +59,8 @@ HINTS = {
     "leakage": "evaluation samples also appear in the training data: split indices disjointly",
     "learning_rate": "the learning rate is far from the reference: check the value and the scheduler",
     "batch_size": "the batch size is far from the reference: check the DataLoader batch_size",
+    "data_order": "training batches hold far fewer classes than shuffled batches would: the training "
+                  "data are ordered (e.g. sorted by class); pass shuffle=True or a shuffling sampler",
     "dead_units": "many activation units never fire: check initialisation, biases and the learning rate",
     "stale_gradients": "gradients are not cleared between steps: call optimizer.zero_grad() every step",
     "eval_mode": "the model's train/eval mode differs from the reference: call model.eval() before "

@@ -74,6 +74,7 @@ def test_valid_changes_have_no_errors(invariants: InvariantSet, args: List[str])
     (["--dead-units"], "dead_units", "features.2", 0),
     # both splits rescaled alike: the training data's scale, not an eval/train mismatch
     (["--scale-all", "255"], "input_scale", None, 0),
+    (["--sorted"], "data_order", None, 1),
 ], ids=lambda a: a if isinstance(a, str) else None)
 def test_bug_is_found_with_its_root_cause(invariants: InvariantSet, args: List[str], family: str,
                                            locus: str, max_step: int) -> None:

@@ -23,6 +23,7 @@ class LoaderTracker:
         self.current_id: Optional[int] = None  # the loader whose batch was fetched last
         self._examined: Set[int] = set()
         self._train_peek: Optional[stats.Stats] = None  # the train dataset's statistics
+        self.train_classes: Optional[int] = None  # distinct labels of the train dataset
 
     def register(self, loader: DataLoader) -> None:
         self.loaders[id(loader)] = loader
@@ -76,4 +77,7 @@ class LoaderTracker:
                 p.stats(step, role, f"data.{role}.", stats.relative_stats(self._train_peek, st))
         if pk.labels is not None and not pk.labels.is_floating_point() and pk.labels.numel():
             p.value(step, role, f"data.{role}.label_max", int(pk.labels.max()))
-            p.value(step, role, f"data.{role}.classes", int(torch.unique(pk.labels).numel()))
+            classes = int(torch.unique(pk.labels).numel())
+            p.value(step, role, f"data.{role}.classes", classes)
+            if role == "train":
+                self.train_classes = classes

@@ -456,8 +456,14 @@ class TraceSession:
         if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
             p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
             if name in CLASSIFICATION_LOSSES:
-                p.stats(step, phase, "label.", stats.label_stats(target))
+                st = stats.label_stats(target)
+                p.stats(step, phase, "label.", st)
                 p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
+                k = self._data.train_classes
+                if st is not None and phase == "train" and k is not None and k > 1:
+                    # distinct labels of the batch over what a shuffled batch would hold
+                    expected = k * (1 - (1 - 1 / k) ** target.numel())
+                    p.tensor(st[1][2:3], lambda v, step=step: [row(step, "train", "label.mix", v[0] / expected)])
         if isinstance(result, torch.Tensor) and result.numel() > 0:
             p.tensor(result.detach().float().mean(),
                      lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--dead-units", action="store_true")    # a bias that keeps the ReLU from firing
     ap.add_argument("--scale-all", type=float, default=1.0)  # train and eval data both rescaled
     ap.add_argument("--zero-grad-after-forward", action="store_true")  # valid: zeroed before backward
+    ap.add_argument("--sorted", action="store_true")        # training data ordered by class, not shuffled
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -42,9 +43,11 @@ def main() -> None:
     x = x * args.scale_all
     base = TensorDataset(x, y)
     train_idx = list(range(0, 384))
+    if args.sorted:
+        train_idx = sorted(train_idx, key=lambda i: int(y[i]))
     test_idx = list(range(256, 512)) if args.overlap else list(range(384, 512))
     test_base = base if args.eval_scale == 1.0 else TensorDataset(x * args.eval_scale, y)
-    train = DataLoader(Subset(base, train_idx), batch_size=args.batch, shuffle=True)
+    train = DataLoader(Subset(base, train_idx), batch_size=args.batch, shuffle=not args.sorted)
     test = DataLoader(Subset(test_base, test_idx), batch_size=64)
     model = make_model(args.classes, detach_features=args.detach_features)
     if args.freeze:
