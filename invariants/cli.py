@@ -347,14 +347,20 @@ def diff(a: str, b: str, store_dir: str) -> None:
 @click.option("--jobs", default=1, show_default=True, help="Cases evaluated in parallel (one process each).")
 @click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs per case.")
 @click.option("--steps", default=30, show_default=True, help="Optimizer steps per run.")
-def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int) -> None:
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch intra-op threads per case worker (and per rank of a launched case) "
+                   "[default: 1 when --jobs > 1, else torch's default]. On a small shared machine "
+                   "torch's default of one thread per core in every worker oversubscribes the cores.")
+def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int,
+          threads: Optional[int]) -> None:
     """Score invar on a corpus: infer from each reference, check every variant.
 
     Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
     error-level violation."""
     from invariants import evaluate
     try:
-        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err)
+        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err,
+                                   threads=threads)
     except FileNotFoundError as e:
         _fail(str(e), Exit.BAD_INPUT)
     text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)

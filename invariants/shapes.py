@@ -38,8 +38,7 @@ class ShapesOutcome:
                  f"output  [{', '.join(r.output_shape)}]  {r.batch_polymorphic}"]
         if r.label_check is not None:
             lines.append(f"labels  {r.label_check}")
-        lines.append(f"domain  square side {r.side_min if r.side_min is not None else '?'}.."
-                     f"{r.side_max if r.side_max is not None else 'unbounded'}")
+        lines.append(f"domain  {r.domain_text()}")
         for expr, module in r.guards[:12]:
             lines.append(f"  guard {expr}   ({module or 'input'})")
         for p in r.probes:

@@ -58,7 +58,8 @@ def describe(report: Optional[solver.ShapeReport]) -> List[str]:
     if report is None:
         return []
     out = [f"static: output [{', '.join(report.output_shape)}] — {report.batch_polymorphic}"]
-    if report.side_min is not None or report.side_max is not None:
-        out.append(f"static: accepted square input side {report.side_min}..{report.side_max or 'unbounded'}")
+    if report.side_min is not None:
+        kind = "square input side" if report.domain_kind == "square side" else report.domain_kind
+        out.append(f"static: accepted {kind} {report.side_min}..{report.side_max or 'unbounded'}")
     out.append(f"static: analysed in {report.seconds:.2f} s" + (f" ({'; '.join(report.notes)})" if report.notes else ""))
     return out

@@ -32,7 +32,7 @@ class ShapeReport:
     batch_polymorphic: Result
     output_width: Optional[int]
     label_check: Optional[Result]
-    side_min: Optional[int]
+    side_min: Optional[int]                      # of the square side or the sequence length
     side_max: Optional[int]
     guards: Tuple[Tuple[str, str], ...]          # (expression, module)
     probes: Tuple[Probe, ...]
@@ -41,6 +41,7 @@ class ShapeReport:
     activation_bytes: str
     notes: Tuple[str, ...]
     seconds: float
+    domain_kind: str = ""                        # "square side", "sequence length" or "" (none)
     _run: Optional[SymbolicRun] = field(default=None, repr=False, compare=False)
     _symbols: Tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
@@ -65,13 +66,23 @@ class ShapeReport:
                 return None if any(g is None for g in got) else tuple(got)  # type: ignore[misc]
         return None
 
+    def domain_text(self) -> str:
+        """The accepted input sizes in words: square side (images), sequence length
+        ([B, T, F] or token ids [B, T]), or why the question does not apply."""
+        if not self.domain_kind:
+            return "the input has no symbolic spatial or sequence dim: the side question does not apply"
+        if self.side_min is None:
+            return f"{self.domain_kind} unknown"
+        top = self.side_max if self.side_max is not None else "unbounded"
+        return f"{self.domain_kind} {self.side_min}..{top}"
+
     def to_json(self) -> Dict[str, Any]:
         return {
             "output": {"shape": list(self.output_shape), "batch_polymorphic": self.batch_polymorphic.status,
                        "detail": str(self.batch_polymorphic), "width": self.output_width},
             "label_check": None if self.label_check is None else {
                 "status": self.label_check.status, "detail": str(self.label_check)},
-            "domain": {"side_min": self.side_min, "side_max": self.side_max,
+            "domain": {"kind": self.domain_kind or None, "side_min": self.side_min, "side_max": self.side_max,
                        "guards": [{"expr": e, "module": m} for e, m in self.guards]},
             "probes": [{"size": list(p.size), "accepted": p.accepted, "blame": list(p.blame)}
                        for p in self.probes],
@@ -144,17 +155,27 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
                            (), "?", "?", tuple(notes), time.perf_counter() - start)
     if run.concrete:
         notes.append("sizes are concrete (the symbolic run failed): shape facts hold for this input only")
+    if run.ruled:
+        notes.append(f"RNN shapes from invar's own rule: {', '.join(run.ruled)}")
     syms = run.input_symbols[0]
     rename = {s: sympy.Symbol(n) for s, n in zip(syms, names) if isinstance(s, sympy.Symbol)}
     show = lambda e: str(e.xreplace(rename)) if hasattr(e, "xreplace") else str(e)  # noqa: E731
     guards = [g for g, _ in run.guards]
     positive = [str(s) for s in rename]
-    out = run.output
+    # sizes torch's path pinned to the example's (an unrolled RNN, a Python loop over a
+    # size): its guards say nothing about other sizes. An own rule's pin is real.
+    pinned = {s: vo for s, vo in run.specialised.items() if vo[1] not in run.ruled}
+    out = run.output or []
     width = int(out[-1]) if out and not hasattr(out[-1], "free_symbols") else None
     batch = syms[0] if syms and isinstance(syms[0], sympy.Symbol) else None
-    if batch is None or not out:
-        poly: Result = Unknown("the batch size is not symbolic (concrete fallback)" if run.concrete
-                               else "the model has no tensor output")
+    if run.output is None:
+        poly: Result = Unknown("the model has no tensor output")
+    elif not out:
+        poly = Unknown("the model's output is a 0-dim tensor (no batch dim)")
+    elif batch is None:
+        poly = Unknown("the batch size is not symbolic (concrete fallback)")
+    elif batch in pinned:
+        poly = Unknown(_pinned_reason(model, "batch size", *pinned[batch]))
     else:
         claim = sympy.And(sympy.Eq(out[0], batch), *[sympy.Eq(d, d.subs(batch, 1)) if hasattr(d, "subs") else True
                                                       for d in out[1:]])
@@ -166,6 +187,9 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
                                         positive, "every batch size B >= 1 is accepted", timeout_ms)
             if not isinstance(accepts_all, Proved):
                 poly = accepts_all
+        if isinstance(poly, Counterexample):  # the model in the input's names (B, H, T)
+            names_of = {str(k): str(v) for k, v in rename.items()}
+            poly = Counterexample(poly.what, {names_of.get(k, k): v for k, v in poly.model.items()})
     label = None
     if label_classes is not None:
         if width is None:
@@ -177,7 +201,10 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
                                    {"width": width, "classes": label_classes})
     side_min = side_max = None
     spatial = [s for s, n in zip(syms, names) if isinstance(s, sympy.Symbol) and n in ("H", "W", "T")]
-    if spatial:
+    kind = "" if not spatial else "sequence length" if "T" in names else "square side"
+    for s in (s for s in spatial if s in pinned):
+        notes.append(f"{kind} unknown: " + _pinned_reason(model, kind, *pinned[s]))
+    if spatial and not any(s in pinned for s in spatial):
         square = [sympy.Eq(spatial[0], s) for s in spatial[1:]]
         bfix = [sympy.Eq(batch, int(x0.shape[0]))] if batch is not None else []
         side_min = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, False, timeout_ms)
@@ -190,6 +217,9 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
             continue
         values = {s: v for s, v in zip(syms, full) if isinstance(s, sympy.Symbol)}
         fixed_ok = all(int(s) == v for s, v in zip(syms, full) if not isinstance(s, sympy.Symbol))
+        if fixed_ok and any(values[s] != pinned[s][0] for s in values if s in pinned):
+            probe_results.append(Probe(tuple(size), None, ()))  # a size torch's path pinned
+            continue
         accepted, blame = z3query.check_concrete(run.guards, values)
         if not fixed_ok:
             accepted, blame = False, ["(input channels)"] + blame
@@ -205,7 +235,26 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         output_width=width, label_check=label, side_min=side_min, side_max=side_max,
         guards=tuple((show(g), o) for g, o in run.guards), probes=tuple(probe_results),
         stages=tuple(stages), flops=show(run.flops), activation_bytes=show(run.activation_bytes),
-        notes=tuple(notes), seconds=time.perf_counter() - start, _run=run, _symbols=tuple(syms))
+        notes=tuple(notes), seconds=time.perf_counter() - start, domain_kind=kind, _run=run,
+        _symbols=tuple(syms))
+
+
+def _pinned_reason(model: nn.Module, what: str, value: int, owner: str) -> str:
+    """Why a size has no symbolic answer: who specialised it to the example's value."""
+    sub: Optional[nn.Module] = None
+    if owner:
+        try:
+            sub = model.get_submodule(owner)
+        except AttributeError:
+            pass
+    if isinstance(sub, (nn.RNNBase, nn.RNNCellBase)):
+        who = f"the model's RNN `{owner}` ({type(sub).__name__})"
+    elif owner:
+        who = f"module `{owner}`" + (f" ({type(sub).__name__})" if sub is not None else "")
+    else:
+        who = "the model's own forward (a Python loop, branch or fixed view over that size)"
+    return (f"{who} specialises the {what} to {value} on torch's symbolic path, "
+            f"so other values of it are not analysed")
 
 
 def prepool_stage(report: ShapeReport, input_shape: Sequence[int]) -> Optional[Tuple[str, Tuple[int, ...]]]:

@@ -4,8 +4,9 @@ This is torch's own symbolic-shape machinery (research/shapes.md §3): a ShapeEn
 the guards the model's ops put on the input sizes, per-module hooks on the *copy* record
 each module's symbolic output shape and which guards it added, and FlopCounterMode counts
 FLOPs symbolically. The user's model is never touched: it is deep-copied to the meta
-device first. These are private torch APIs (pinned torch; tests/test_solver.py fails
-loudly when an upgrade moves them).
+device first. Modules torch's path cannot keep symbolic (RNNs) run invar's own shape
+rules (solver/rules.py) on that copy instead. These are private torch APIs (pinned torch;
+tests/test_solver.py fails loudly when an upgrade moves them).
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import sympy
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from solver.rules import rule_for
 
 
 @dataclass
@@ -23,25 +27,32 @@ class SymbolicRun:
     """What the symbolic forward produced (sympy expressions, no live tensors kept)."""
 
     input_symbols: List[List[Any]]          # per input: per dim a sympy symbol or an int
-    output: List[Any]                       # output dims (sympy or int)
+    output: Optional[List[Any]]             # first output tensor's dims (sympy or int); None: no tensor
     records: List[Tuple[str, List[Any]]]    # leaf module name -> its first output's dims
     guards: List[Tuple[Any, str]]           # (sympy boolean, owning module or "")
     flops: Any                              # sympy expression or int
     activation_bytes: Any
     concrete: bool = False                  # fell back to concrete sizes
     notes: List[str] = field(default_factory=list)
+    # input symbol -> (the value the run pinned it to, module owning that guard or "")
+    specialised: Dict[Any, Tuple[int, str]] = field(default_factory=dict)
+    ruled: List[str] = field(default_factory=list)  # modules that ran an own rule
 
 
 def _expr(d: Any) -> Any:
     return d.node.expr if isinstance(d, torch.SymInt) else int(d)
 
 
-def _dims(t: Any) -> Optional[List[Any]]:
+def _first_tensor(t: Any) -> Optional[torch.Tensor]:
+    """The first tensor of a (nested) output, None when it holds none."""
     if isinstance(t, torch.Tensor):
-        return [_expr(d) for d in t.shape]
-    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor):
-        return [_expr(d) for d in t[0].shape]
-    return None
+        return t
+    return next((x for x in tree_leaves(t) if isinstance(x, torch.Tensor)), None)
+
+
+def _dims(t: Any) -> Optional[List[Any]]:
+    first = _first_tensor(t)
+    return None if first is None else [_expr(d) for d in first.shape]
 
 
 def dynamic_dims(x: torch.Tensor) -> List[bool]:
@@ -77,12 +88,18 @@ def symbolic_run(model: nn.Module, inputs: Sequence[torch.Tensor], concrete: boo
             dynamic_sizes=[DimDynamic.DYNAMIC if d else DimDynamic.STATIC for d in dyn],
             constraint_sizes=[None] * x.dim())
         fakes.append(mode.from_tensor(x, symbolic_context=ctx))
+    # read before the forward: a specialised symbol later reads back as its value
+    symbols = [[_expr(d) for d in f.shape] for f in fakes]
     records: List[Tuple[str, List[Any]]] = []
     owners: Dict[int, str] = {}
     act_bytes: List[Any] = []
     start: Dict[str, int] = {}
     handles = []
+    ruled: List[str] = []
     for name, m in twin.named_modules():
+        rule = rule_for(m)
+        if rule is not None:
+            m.forward = _ruled(rule, m, name, ruled)
         if name and not any(True for _ in m.children()):
             def pre(mod: nn.Module, args: Any, name: str = name) -> None:
                 start[name] = len(env.guards)
@@ -106,17 +123,38 @@ def symbolic_run(model: nn.Module, inputs: Sequence[torch.Tensor], concrete: boo
     finally:
         for h in handles:
             h.remove()
-    out_dims = _dims(out if not isinstance(out, dict) else next(iter(out.values())))
+    out_dims = _dims(out if not isinstance(out, dict) else next(iter(out.values()), None))
     guards = [(g.expr, owners.get(i, "")) for i, g in enumerate(env.guards)]
     total = counter.get_total_flops()
     return SymbolicRun(
-        input_symbols=[[_expr(d) for d in f.shape] for f in fakes],
-        output=out_dims or [], records=records, guards=guards,
+        input_symbols=symbols, output=out_dims, records=records, guards=guards,
         flops=_expr(total) if isinstance(total, torch.SymInt) else int(total),
         activation_bytes=sympy.Add(*act_bytes) if act_bytes else 0,
-        concrete=concrete)
+        concrete=concrete, specialised=_specialised(env, symbols, guards), ruled=ruled)
+
+
+def _ruled(rule: Any, m: nn.Module, name: str, ruled: List[str]) -> Any:
+    """`m`'s forward replaced by its rule, noting `name` in `ruled` once it runs."""
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if name not in ruled:
+            ruled.append(name)
+        return rule(m, *args, **kwargs)
+    return forward
+
+
+def _specialised(env: Any, symbols: List[List[Any]], guards: List[Tuple[Any, str]]
+                 ) -> Dict[Any, Tuple[int, str]]:
+    """Input symbols the run replaced by a constant (a guard s == c), with the guard's owner."""
+    out: Dict[Any, Tuple[int, str]] = {}
+    for s in (s for dims in symbols for s in dims if isinstance(s, sympy.Symbol)):
+        value = env.replacements.get(s)
+        if value is None or not getattr(value, "is_Integer", False):
+            continue
+        owner = next((o for g, o in guards if isinstance(g, sympy.Eq) and g.free_symbols == {s}), "")
+        out[s] = (int(value), owner)
+    return out
 
 
 def out_element_size(out: Any) -> int:
-    t = out if isinstance(out, torch.Tensor) else out[0]
-    return t.element_size()
+    t = _first_tensor(out)
+    return t.element_size() if t is not None else 0

@@ -1,5 +1,6 @@
 """Small CPU models for the solver tests and benchmark (ResNet-18-shaped, VGG with a
-Flatten->Linear head that pins the input size, MLP, LSTM classifier)."""
+Flatten->Linear head that pins the input size, MLP, LSTM classifiers over token ids and
+over feature sequences, an LSTMCell loop, a GRU with a fixed-batch initial state)."""
 from __future__ import annotations
 
 import torch
@@ -71,6 +72,48 @@ class LSTMClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(self.emb(tokens))
         return self.fc(out[:, -1])
+
+
+class SequenceLSTM(nn.Module):
+    """[B, T, F] features -> LSTM -> last hidden state -> Linear."""
+
+    def __init__(self, features: int = 6, hidden: int = 32, classes: int = 4):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x)
+        return self.fc(h[-1])
+
+
+class CellLoop(nn.Module):
+    """An LSTMCell stepped by a Python loop over the sequence: torch's own symbolic path."""
+
+    def __init__(self, features: int = 6, hidden: int = 8, classes: int = 4):
+        super().__init__()
+        self.cell = nn.LSTMCell(features, hidden)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        return self.fc(state[0])
+
+
+class FixedStateGRU(nn.Module):
+    """A GRU given an initial state built for batch 8: other batch sizes really fail."""
+
+    def __init__(self, features: int = 6, hidden: int = 16, classes: int = 3):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+        self.register_buffer("h0", torch.zeros(1, 8, hidden))
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(x, self.h0)
+        return self.fc(h[-1])
 
 
 class Branchy(nn.Module):

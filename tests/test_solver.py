@@ -10,9 +10,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from solver import Counterexample, Proved, Unknown, analyse, broadcast_check, prepool_stage
+from solver import Counterexample, Proved, Unknown, analyse, broadcast_check, prepool_stage, rules
+from solver.symbolic import symbolic_run
 from tests.conftest import ROOT, SCRIPTS, run_invar
-from tests.solver_models import Branchy, LSTMClassifier, ResNet18, TinyVGG, mlp
+from invariants.shapes import ShapesOutcome
+from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, LSTMClassifier, ResNet18, SequenceLSTM,
+                                 TinyVGG, mlp)
 
 
 def _effnet():
@@ -34,6 +37,7 @@ def test_private_torch_api_contract() -> None:
         assert hasattr(DimDynamic, "DYNAMIC") and hasattr(DimDynamic, "STATIC"), "DimDynamic members"
         env = ShapeEnv(specialize_zero_one=False)
         assert hasattr(env, "guards"), "ShapeEnv.guards"
+        assert isinstance(env.replacements, dict), "ShapeEnv.replacements (specialised sizes)"
         r = analyse(TinyVGG(), torch.randn(2, 3, 32, 32))
         assert r.output_shape == ("B", "10"), f"symbolic output {r.output_shape}"
         assert any("fc" == m for _, m in r.guards), "guard attribution to modules"
@@ -131,3 +135,69 @@ def test_shapes_command_json(tmp_path: Path) -> None:
     assert doc["output"]["batch_polymorphic"] in ("proved", "unknown")
     assert set(doc) >= {"output", "domain", "probes", "stages", "cost"}
     assert doc["probes"][0]["size"] == [3, 8, 8]
+
+
+def test_lstm_over_sequences_is_batch_polymorphic_with_a_sequence_length_domain() -> None:
+    """torch's path unrolls an RNN step by step, pinning B and T; the own rule keeps both
+    symbolic with the same FLOPs."""
+    r = analyse(SequenceLSTM(), torch.randn(32, 40, 6), probes=[(50, 6), (40, 5)])
+    assert isinstance(r.batch_polymorphic, Proved), r.batch_polymorphic
+    assert r.output_shape == ("B", "4") and r.input_names == ("B", "T", "6")
+    assert r.domain_text() == "sequence length 1..unbounded"
+    assert [p.accepted for p in r.probes] == [True, False]
+    assert r.cost_at((32, 40, 6))[0] == 12460032  # what torch's unrolled path counts
+    text = ShapesOutcome(r, (32, 40, 6), 4).text()
+    assert "domain  sequence length 1..unbounded" in text and "square" not in text
+    assert "square" not in analyse(mlp(20, 3), torch.randn(4, 20)).domain_text()
+
+
+def _leaf_shapes(out):
+    return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(out)]
+
+
+@pytest.mark.parametrize("kind, batch_first, bidirectional, layers, proj, unbatched", [
+    ("LSTM", True, False, 1, 0, False), ("LSTM", False, True, 2, 0, False), ("LSTM", True, True, 2, 3, False),
+    ("GRU", False, False, 2, 0, False), ("GRU", True, True, 1, 0, True), ("RNN", True, False, 2, 0, False),
+])
+def test_rnn_rule_matches_eager_shapes_and_torch_flops(monkeypatch, kind, batch_first, bidirectional,
+                                                       layers, proj, unbatched) -> None:
+    rnn = getattr(torch.nn, kind)(5, 7, num_layers=layers, batch_first=batch_first,
+                                  bidirectional=bidirectional, **({"proj_size": proj} if proj else {}))
+    x = torch.randn(6, 5) if unbatched else torch.randn(*((4, 6, 5) if batch_first else (6, 4, 5)))
+    with torch.no_grad():
+        eager = _leaf_shapes(rnn(x))
+    assert _leaf_shapes(rules.rnn_forward(rnn.to("meta"), x.to("meta"))) == eager
+    ruled = symbolic_run(rnn, [x], concrete=True)
+    monkeypatch.setattr(rules, "MODULE_RULES", {})
+    unrolled = symbolic_run(rnn, [x], concrete=True)
+    assert int(ruled.flops) == int(unrolled.flops) > 0
+
+
+def test_size_pinned_on_torchs_path_is_unknown_with_the_module_not_no_output(monkeypatch) -> None:
+    r = analyse(CellLoop(), torch.randn(4, 5, 6), probes=[(7, 6)])
+    assert isinstance(r.batch_polymorphic, Unknown)
+    reason = r.batch_polymorphic.reason
+    assert "`cell` (LSTMCell) specialises the batch size to 4" in reason and "no tensor output" not in reason
+    assert r.domain_text() == "sequence length unknown" and r.probes[0].accepted is None
+    monkeypatch.setattr(rules, "MODULE_RULES", {})  # an LSTM on torch's own path
+    r = analyse(SequenceLSTM(), torch.randn(32, 40, 6))
+    assert "RNN `lstm` (LSTM) specialises the batch size to 32" in str(r.batch_polymorphic)
+    assert any("sequence length to 40" in n for n in r.notes)
+
+
+def test_fixed_initial_state_really_pins_the_batch_and_no_output_is_said_only_when_true() -> None:
+    r = analyse(FixedStateGRU(), torch.randn(8, 10, 6))
+    assert isinstance(r.batch_polymorphic, Counterexample) and r.batch_polymorphic.model["B"] != 8
+    assert [m for _, m in r.guards] == ["gru"]
+
+    class Keyed(torch.nn.Module):
+        def __init__(self, tensor_out: bool):
+            super().__init__()
+            self.fc, self.tensor_out = torch.nn.Linear(4, 2), tensor_out
+
+        def forward(self, x):
+            return (None, self.fc(x)) if self.tensor_out else self.fc(x).sum().item()
+
+    assert isinstance(analyse(Keyed(True), torch.randn(3, 4)).batch_polymorphic, Proved)
+    no_tensor = analyse(Keyed(False), torch.randn(3, 4)).batch_polymorphic
+    assert str(no_tensor) == "unknown: the model has no tensor output"

@@ -1,0 +1,67 @@
+"""invar's own shape rules, for the modules where torch's symbolic path fails.
+
+torch runs an RNN on fake tensors through its decomposition, which unrolls the sequence
+one time step at a time: that specialises the batch size and the sequence length to the
+example's (guards B == 32, T == 40, so nothing holds for other sizes) and costs seconds
+for a few dozen steps. A rule stands in for the module's forward on the meta copy only:
+it computes the same output shapes with time-parallel matmuls whose FLOPs equal the
+unrolled ones (the input projection of every step, the recurrent projection of every
+step, the LSTM's output projection), leaving B and T symbolic.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # RNNBase.mode -> gate blocks
+
+
+def rnn_forward(m: nn.RNNBase, input: Any, hx: Any = None) -> Tuple[torch.Tensor, Any]:
+    """nn.LSTM / nn.GRU / nn.RNN forward on shapes: output, h_n (and c_n) as torch returns.
+
+    Works in the input's own layout ([B, T, F], [T, B, F] or unbatched [T, F]) on fresh
+    contiguous tensors: a matmul over a strided view would add a spurious guard T != 1."""
+    if not isinstance(input, torch.Tensor):  # a PackedSequence: torch's own (unrolled) path
+        return type(m).forward(m, input, hx)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{type(m).__name__}: expected a 2-D or 3-D input, got {input.dim()}-D")
+    batched = input.dim() == 3
+    dirs = 2 if m.bidirectional else 1
+    width = m.proj_size or m.hidden_size
+    lead = tuple(input.shape[:-1])
+    states = (m.num_layers * dirs,) + ((lead[0 if m.batch_first else 1],) if batched else ())
+    h_shape, c_shape = states + (width,), states + (m.hidden_size,)
+    if hx is not None:
+        given = hx if isinstance(hx, (tuple, list)) else (hx,)
+        for h, want in zip(given, (h_shape, c_shape)):
+            if tuple(h.shape) != want:  # a fixed-size initial state really pins the batch size
+                raise RuntimeError(f"{type(m).__name__}: expected hidden size {want}, got {tuple(h.shape)}")
+    x = input
+    for layer in range(m.num_layers):
+        outs = []
+        for d in range(dirs):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            torch.matmul(x, getattr(m, "weight_ih" + sfx).t())          # input projection, every step
+            h = x.new_empty(lead + (m.hidden_size,))
+            if m.proj_size:
+                h = torch.matmul(h, getattr(m, "weight_hr" + sfx).t())  # LSTM output projection
+            torch.matmul(h, getattr(m, "weight_hh" + sfx).t())          # recurrent projection, every step
+            outs.append(h)
+        x = torch.cat(outs, -1) if dirs > 1 else outs[0]
+    h_n = x.new_empty(h_shape)
+    return (x, (h_n, x.new_empty(c_shape))) if m.mode == "LSTM" else (x, h_n)
+
+
+# exact module type -> its forward on shapes (subclasses may override forward: not ruled)
+MODULE_RULES: Dict[type, Callable[..., Any]] = {
+    nn.LSTM: rnn_forward,  # unrolled per step by torch: specialises B and T
+    nn.GRU: rnn_forward,   # likewise
+    nn.RNN: rnn_forward,   # likewise
+}
+
+
+def rule_for(m: nn.Module) -> Optional[Callable[..., Any]]:
+    """The own rule standing in for `m`'s forward, or None for torch's path."""
+    return MODULE_RULES.get(type(m))
