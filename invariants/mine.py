@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from invariants.model import Invariant, InvariantSet, SCHEMA_VERSION, Support, When, make_id
-from invariants.templates.base import Discard, Fit, Series
+from invariants.templates.base import Discard, Fit, Series, fmt
 from invariants.templates.basic import Constant, Magnitude, OneOf, Range
 from invariants.templates.block import AllNone, Disjoint
 from invariants.templates.relational import Equal, Ratio
@@ -33,6 +33,8 @@ UNIT_FRACTION_SHIFT_FLOOR = 0.1
 # not a normalisation change).
 SCALE_FLOOR = 0.05
 UNIT_FRACTION_FLOOR = 0.02
+DATA_SCALE_FLOOR = 0.1     # dataset statistics: 32 samples read once per run
+OUTPUT_MEAN_FLOOR = 0.1    # the mean of logits drifts freely (cross-entropy ignores it)
 # Distinct labels per batch vary by chance in small batches (a 4-class batch of 8 misses a
 # class now and then: 0.83 of the expected mix); class-sorted data give 1 / classes.
 MIX_FLOOR = 0.1
@@ -80,8 +82,8 @@ class _Miner:
             id=iid, template=template.NAME, target=target, expect=dict(result.expect),
             when=When(phase=phase, steps=(0, window_end)), severity=severity, status="proposed",
             support=Support(runs=result.runs, observations=result.observations, span=span),
-            why=f"{what} was {template.expected(result.expect)} in every reference run "
-                f"({result.runs} runs, {result.observations} observations).",
+            why=f"{what} {_observed(template.NAME, span)} across the reference runs ({result.runs} runs, "
+                f"{result.observations} observations); expected: {template.expected(result.expect)}.",
             locus=block_of(target[0]))
 
     def scale_floor(self, s: Series) -> float:
@@ -91,16 +93,19 @@ class _Miner:
         if var == "label.mix":
             return MIX_FLOOR
         if var.startswith(("input.", "output.", "data.")):
+            # dataset statistics come from 32 samples: their sampling error, not a batch's
+            f = DATA_SCALE_FLOOR if var.startswith("data.") else OUTPUT_MEAN_FLOOR if var == "output.mean" \
+                else SCALE_FLOOR
             if var.endswith("unit_fraction"):
-                return UNIT_FRACTION_FLOOR
+                return UNIT_FRACTION_FLOOR * f / SCALE_FLOOR
             if var.endswith((".shift", ".std_ratio")):
-                return SCALE_FLOOR  # already in units of the training data's std
-            if var.endswith(".mean"):
-                companion = self.series.get((s.phase, var[: -len("mean")] + "std"))
+                return f  # already in units of the training data's std
+            if var.endswith((".mean", ".min", ".max")):
+                companion = self.series.get((s.phase, var.rsplit(".", 1)[0] + ".std"))
                 if companion is not None and companion.values:
-                    return SCALE_FLOOR * statistics.fmean(abs(float(v)) for v in companion.values) + 1e-6
+                    return f * statistics.fmean(abs(float(v)) for v in companion.values) + 1e-6
             if var.endswith(".std"):
-                return SCALE_FLOOR * statistics.fmean(abs(float(v)) for v in s.values) + 1e-6
+                return f * statistics.fmean(abs(float(v)) for v in s.values) + 1e-6
         return 1e-3 * max((abs(float(v)) for v in s.values), default=0.0) + 1e-6
 
     def single(self, s: Series) -> None:
@@ -111,7 +116,7 @@ class _Miner:
         what = f"In {phase}, {describe(s.variable)}"
         dyn_end = s.last_step  # training dynamics are only known for the traced steps
         if k.kind == "skip":
-            self.discarded.append((make_id("*", target, phase), "not mined: recorded for people"))
+            self.discarded.append((make_id("*", target, phase), "not mined: recorded for reports only"))
             return
         if k.kind == "category":
             fit = Constant.fit(s, self.n_runs)
@@ -176,12 +181,15 @@ class _Miner:
     def relations(self) -> None:
         # The label range of the whole training set (exact for tensor-backed data sets),
         # not of one batch: a small batch may miss the largest class.
-        width = self.series.get(("train", "output.width"))
-        label = self.series.get(("train", "data.train.label_max"))
-        if width is not None and label is not None:
-            self.emit(Ratio, ("output.width", "data.train.label_max"), "train",
-                      Ratio.fit(width, label, RATIO_FLOOR), "error", None,
-                      "output width / largest training label")
+        # Class scores vs classes: the scores the classification loss gets (else the
+        # output), against all labels of the training set where the dataset holds them and
+        # the largest label of the training batches seen so far.
+        width_var = next((v for v in ("loss.class_width", "output.width") if ("train", v) in self.series), None)
+        for classes_var in ("data.train.classes", "label.classes_seen"):
+            width, classes = self.series.get(("train", width_var or "")), self.series.get(("train", classes_var))
+            if width is not None and classes is not None:
+                self.emit(Ratio, (width_var, classes_var), "train", Ratio.fit(width, classes, RATIO_FLOOR),
+                          "error", None, f"{describe(width_var)} / {describe(classes_var)}")
         # Eval vs train data: means and stds are compared scale-free by the tracer's
         # data.eval.shift / std_ratio ranges; the fraction of values in [0, 1] directly.
         ev, tr = self.series.get(("eval", "data.eval.unit_fraction")), self.series.get(("train", "data.train.unit_fraction"))
@@ -206,6 +214,21 @@ class _Miner:
             del self.out[iid]
             self.discarded.append((iid, reason))
         self.suppressed = len(implied)
+
+
+def _observed(template: str, span: Optional[List[Any]]) -> str:
+    """What the reference runs showed, in words (the expectation adds the margin)."""
+    if not span:
+        return "held"
+    if template == "trend":
+        lo, hi = min(span), max(span)
+        return f"changed by {100 * lo:+.1f}% to {100 * hi:+.1f}% over the window"
+    if all(isinstance(v, (int, float)) for v in span):
+        lo, hi = min(span), max(span)
+        return f"was {fmt(float(lo))}" if lo == hi else f"ranged over [{fmt(float(lo))}, {fmt(float(hi))}]"
+    if template == "one_of":
+        return "took the values " + ", ".join(fmt(v) for v in span)
+    return "was " + ", ".join(fmt(v) for v in span)
 
 
 def mine(runs: Sequence[Iterable[Row]], meta: Optional[Dict[str, Any]] = None) -> Tuple[InvariantSet, MineResult]:

@@ -213,3 +213,53 @@ def test_eval_forward_with_gradients_stays_eval() -> None:
             model(torch.randn(8, 4))  # an evaluation without torch.no_grad()
     assert _values(rows, "input.batch") == [16.0, 16.0]
     assert _values(rows, "input.batch", "eval") == [8.0, 8.0]
+
+
+class _TwoHeads(torch.nn.Module):
+    """An autoencoder with a classifier: the output tuple's first element is not the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.dec, self.head = torch.nn.Linear(4, 3), torch.nn.Linear(3, 4), torch.nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor):
+        z = self.enc(x)
+        return self.dec(z), self.head(z)
+
+
+def test_classifier_scores_are_what_the_classification_loss_gets() -> None:
+    from tracer.session import TraceSession
+    model, rows = _TwoHeads(), []
+    with TraceSession(TraceConfig(), rows.extend):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            x = torch.randn(8, 4)
+            recon, logits = model(x)
+            loss = torch.nn.functional.mse_loss(recon, x) + torch.nn.functional.cross_entropy(
+                logits.softmax(1), torch.randint(0, 6, (8,)))  # probabilities: a bug
+            loss.backward()
+            opt.step()
+    assert _values(rows, "output.width") == [4.0, 4.0]          # the reconstruction
+    assert _values(rows, "loss.class_width") == [6.0, 6.0]      # the classifier's scores
+    assert _values(rows, "loss.probabilities") == [1.0, 1.0]
+    assert _values(rows, "loss.input_shapes") == ["Bx4,Bx4", "Bx4,Bx4"]  # the step's first loss
+
+
+def test_dataset_labels_are_read_whole_from_conventional_attributes() -> None:
+    from tracer.data import peek
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.labels = [i % 10 for i in range(1000)]
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, i: int):
+            return torch.full((3, 2, 2), float(i)), self.labels[i]
+
+    pk = peek(Images())
+    assert pk.labels_exact and int(pk.labels.max()) == 9 and len(pk.labels) == 1000
+    subset = peek(torch.utils.data.Subset(Images(), list(range(0, 1000, 10))))  # only class 0
+    assert subset.labels_exact and set(subset.labels.tolist()) == {0}

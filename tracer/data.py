@@ -143,6 +143,7 @@ class Peek:
 
     inputs: Optional[torch.Tensor]
     labels: Optional[torch.Tensor]
+    labels_exact: bool = False  # all of the dataset's labels, not those of the samples read
 
 
 def peek(ds: Dataset, k: int = PEEK_SAMPLES) -> Peek:
@@ -153,7 +154,7 @@ def peek(ds: Dataset, k: int = PEEK_SAMPLES) -> Peek:
         tensors = [t if all_idx is None else t[all_idx] for t in base.tensors]
         pick = torch.as_tensor(_spaced(len(tensors[0]), k))
         labels = tensors[1] if len(tensors) > 1 else None
-        return Peek(tensors[0][pick], labels)
+        return Peek(tensors[0][pick], labels, labels is not None)
     xs: List[torch.Tensor] = []
     ys: List[Any] = []
     with rng_preserved(), torch.no_grad():
@@ -164,15 +165,38 @@ def peek(ds: Dataset, k: int = PEEK_SAMPLES) -> Peek:
             if y is not None:
                 ys.append(y)
     inputs = torch.stack(xs) if xs and all(x.shape == xs[0].shape for x in xs) else None
-    labels = None
-    targets = getattr(base, "targets", None)
+    labels, exact = None, False
+    targets = _label_attribute(base)
     if targets is not None:
-        t = torch.as_tensor(targets)
-        labels = t if idx is None else t[torch.as_tensor(idx)]
+        labels = targets if idx is None else targets[torch.as_tensor(idx)]
+        exact = True
     elif ys and all(isinstance(y, (int, np.integer)) or (torch.is_tensor(y) and y.dim() == 0)
                     for y in ys):
         labels = torch.as_tensor([int(y) for y in ys])
-    return Peek(inputs, labels)
+    return Peek(inputs, labels, exact)
+
+
+LABEL_ATTRIBUTES = ("targets", "labels", "target", "label", "y")
+
+
+def _label_attribute(base: Any) -> Optional[torch.Tensor]:
+    """All labels of a dataset that keeps them in a conventional attribute (`targets` as
+    torchvision does, `labels`, `y`, ...): one integer per sample, else None."""
+    try:
+        n = len(base)
+    except TypeError:
+        return None
+    for name in LABEL_ATTRIBUTES:
+        value = getattr(base, name, None)
+        if value is None or callable(value) or isinstance(value, (str, bytes)):
+            continue
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if t.dim() == 1 and len(t) == n and not t.is_floating_point() and t.dtype != torch.bool:
+            return t
+    return None
 
 
 def loader_batch_size(loader: Any) -> Optional[int]:

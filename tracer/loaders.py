@@ -76,8 +76,9 @@ class LoaderTracker:
             elif self._train_peek is not None:
                 p.stats(step, role, f"data.{role}.", stats.relative_stats(self._train_peek, st))
         if pk.labels is not None and not pk.labels.is_floating_point() and pk.labels.numel():
-            p.value(step, role, f"data.{role}.label_max", int(pk.labels.max()))
             classes = int(torch.unique(pk.labels).numel())
-            p.value(step, role, f"data.{role}.classes", classes)
+            if pk.labels_exact:  # a few samples' labels would understate the largest class
+                p.value(step, role, f"data.{role}.label_max", int(pk.labels.max()))
+                p.value(step, role, f"data.{role}.classes", classes)
             if role == "train":
                 self.train_classes = classes

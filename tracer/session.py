@@ -36,6 +36,7 @@ from tracer.store import Row
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 MAX_FUNCTIONAL_RELUS = 32  # functional rectifier calls observed per forward
+MIN_LABELS_SEEN = 256  # training labels seen before the largest one stands for the class count
 
 
 class StepBudgetReached(BaseException):
@@ -97,6 +98,7 @@ class TraceSession:
         self._provisional = Pending()
         self._rec = self._pending  # where the current forward's observations go
         self._lr_peak = 0.0
+        self._label_max, self._labels_counted = -1.0, 0
         self._mstack: List[nn.Module] = []       # modules executing inside the root call
         self._relu_calls: Dict[int, int] = {}    # parent module id -> functional relus seen
         self._modules_cache: Optional[Tuple[nn.Module, List[nn.Module]]] = None
@@ -446,28 +448,59 @@ class TraceSession:
         phase = self._phase
         if phase == "train" and not self.observed(self.step):
             return
-        if (phase, "loss") in self._seen_this_step and phase == "train":
+        train = phase == "train"
+        # the step's first loss, and its first classification loss (a model may have several)
+        first = not train or ("train", "loss") not in self._seen_this_step
+        cls = name in CLASSIFICATION_LOSSES and (not train or ("train", "cls") not in self._seen_this_step)
+        if not first and not cls:
             return
-        self._seen_this_step.add((phase, "loss"))
         p, step = self._rec, self.step
         inp, target = pair
-        tensors = [t for t in (inp, target) if isinstance(t, torch.Tensor)]
-        p.value(step, phase, "loss.input_shapes", stats.shapes_text(tensors))
-        if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
-            p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
-            if name in CLASSIFICATION_LOSSES:
-                st = stats.label_stats(target)
-                p.stats(step, phase, "label.", st)
-                p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
-                k = self._data.train_classes
-                if st is not None and phase == "train" and k is not None and k > 1:
-                    # distinct labels of the batch over what a shuffled batch would hold
-                    expected = k * (1 - (1 - 1 / k) ** target.numel())
-                    p.tensor(st[1][2:3], lambda v, step=step: [row(step, "train", "label.mix", v[0] / expected)])
-        if isinstance(result, torch.Tensor) and result.numel() > 0:
-            p.tensor(result.detach().float().mean(),
-                     lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
+        if first:
+            self._seen_this_step.add((phase, "loss"))
+            tensors = [t for t in (inp, target) if isinstance(t, torch.Tensor)]
+            p.value(step, phase, "loss.input_shapes", stats.shapes_text(tensors))
+            if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
+                p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
+            if isinstance(result, torch.Tensor) and result.numel() > 0:
+                p.tensor(result.detach().float().mean(),
+                         lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
+        if cls and isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
+            self._seen_this_step.add((phase, "cls"))
+            self._classification(p, step, phase, inp, target)
 
+    def _classification(self, p: Pending, step: int, phase: str, scores: torch.Tensor,
+                        target: torch.Tensor) -> None:
+        """The scores a classification loss gets (the classifier's output, whichever element
+        of the model's output it is) and the labels."""
+        if scores.dim() and scores.is_floating_point():
+            p.value(step, phase, "loss.class_width", scores.shape[1] if scores.dim() >= 2 else scores.shape[0])
+            p.stats(step, phase, "loss.", stats.class_probabilities(scores))
+        st = stats.label_stats(target)
+        if st is None:
+            return
+        p.stats(step, phase, "label.", st)
+        p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
+        if phase != "train":
+            return
+        n = target.numel()
+        p.tensor(st[1][1:2], lambda v, step=step: self._classes_seen(step, v[0], n))
+        k = self._data.train_classes
+        if k is not None and k > 1:
+            # distinct labels of the batch over what a shuffled batch would hold
+            expected = k * (1 - (1 - 1 / k) ** n)
+            p.tensor(st[1][2:3], lambda v, step=step: [row(step, "train", "label.mix", v[0] / expected)])
+
+    def _classes_seen(self, step: int, label_max: float, n: int) -> List[Row]:
+        # Built when the step's values arrive, in order: the largest label so far, once
+        # enough labels were seen that the largest class has almost surely shown up.
+        self._label_max = max(self._label_max, label_max)
+        self._labels_counted += n
+        if self._labels_counted < MIN_LABELS_SEEN:
+            return []
+        return [row(step, "train", "label.classes_seen", self._label_max + 1)]
+
+    # -- data loaders -----------------------------------------------------------------
     def _loader_iterated(self, loader: DataLoader, it: Any) -> None:
         self._data.iterated(loader, it)
         self._eval_seen = 0

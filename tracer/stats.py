@@ -39,12 +39,12 @@ def dtype_text(dtype: torch.dtype) -> str:
 
 
 @torch.no_grad()
-def input_stats(x: torch.Tensor) -> Stats:
-    """Whole-batch mean/std/min/max, fraction in [0, 1], and per-channel mean/std."""
+def input_stats(x: torch.Tensor) -> Optional[Stats]:
+    """Whole-batch mean/std/min/max, fraction in [0, 1], and per-channel mean/std; None for
+    integer inputs (token ids, indices: their statistics mean nothing)."""
     xf = x.detach()
     if not xf.is_floating_point():
-        lo, hi = torch.aminmax(xf)
-        return ["min", "max"], torch.stack([lo, hi]).float()
+        return None
     xf = xf.float()
     std, mean = torch.std_mean(xf) if xf.numel() > 1 else (xf.new_zeros(()), xf.mean())
     lo, hi = torch.aminmax(xf)
@@ -123,6 +123,16 @@ def output_stats(out: torch.Tensor) -> Stats:
         names.append("rows_sum_to_one")
         parts.append(is_prob.float())
     return names, torch.stack(parts)
+
+
+@torch.no_grad()
+def class_probabilities(scores: torch.Tensor) -> Stats:
+    """Whether a classification loss gets probabilities (softmax already applied) rather
+    than logits: every score non-negative and each sample's scores (dim 1) summing to 1."""
+    s = scores.detach().float()
+    dim = 1 if s.dim() >= 2 else 0
+    is_prob = (s.min() >= 0) & ((s.sum(dim=dim) - 1).abs().max() < 1e-3)
+    return ["probabilities"], is_prob.float().reshape(1)
 
 
 @torch.no_grad()
