@@ -263,3 +263,55 @@ def test_dataset_labels_are_read_whole_from_conventional_attributes() -> None:
     assert pk.labels_exact and int(pk.labels.max()) == 9 and len(pk.labels) == 1000
     subset = peek(torch.utils.data.Subset(Images(), list(range(0, 1000, 10))))  # only class 0
     assert subset.labels_exact and set(subset.labels.tolist()) == {0}
+
+
+def test_a_reading_store_never_creates_one(tmp_path: Path) -> None:
+    from tracer.store import StoreError
+    with pytest.raises(StoreError) as e:
+        Store(tmp_path / "none", create=False)
+    assert e.value.kind == "missing" and "no store at" in str(e.value)
+    assert not (tmp_path / "none").exists()
+    with Store(tmp_path / "s") as s:
+        rid = s.new_run("x.py", [])
+        s.add_observations(rid, [(0, "train", "v", 1.0, None), (3, "train", "v", 2.0, None),
+                                 (2, "eval", "w", 1.0, None)])
+    with Store(tmp_path / "s", create=False) as s:
+        assert s.variable_steps(rid) == {("train", "v"): (0, 3), ("eval", "w"): (2, 2)}
+
+
+def test_ids_resolve_by_prefix_and_name_some_of_many_matches(tmp_path: Path) -> None:
+    from tracer.store import StoreError
+    with Store(tmp_path / "s") as s:
+        ids = [s.new_run("x.py", []) for _ in range(7)]
+        for n in ("set-20260101-000000-aaaa", "set-20260101-000001-bbbb", "set_x"):
+            s.save_invariant_set(n, "f.yaml", "{}")
+        assert s.find_invariant_set("set-20260101-000001").id == "set-20260101-000001-bbbb"
+        assert s.find_invariant_set("set-2027") is None
+        assert s.find_invariant_set("set_").id == "set_x"  # `_` is literal, not a wildcard
+        with pytest.raises(StoreError, match="2 match"):
+            s.find_invariant_set("set-2026")
+        with pytest.raises(StoreError) as e:
+            s.run(ids[0][:2])
+        assert "7 match" in str(e.value) and "(+2 more)" in str(e.value)
+        assert [i.id for i in s.invariant_sets()][:1] == ["set-20260101-000000-aaaa"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit.script
+def test_torchscript_compiles_inside_a_traced_run() -> None:
+    # TorchScript compiles the source of what it finds; the tracer's wrappers (relu,
+    # dropout, losses) must not be what it finds.
+    from tracer.session import TraceSession
+
+    class Scripted(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.drop, self.act = torch.nn.Linear(4, 3), torch.nn.Dropout(0.1), torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.nn.functional.relu(self.drop(self.act(self.fc(x))))
+            return torch.nn.functional.cross_entropy(h, torch.zeros(x.shape[0], dtype=torch.long))
+
+    with TraceSession(TraceConfig(), lambda rows: None):
+        scripted = torch.jit.script(Scripted())
+        assert torch.isfinite(scripted(torch.randn(2, 4)))
+    assert torch.nn.functional.relu is not None and torch.jit.script.__module__.startswith("torch")

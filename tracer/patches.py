@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,50 @@ def patched(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable
     if callable(original) and not isinstance(original, (staticmethod, classmethod)):
         with contextlib.suppress(AttributeError, TypeError):
             functools.update_wrapper(wrapper, original)
+    entry = (owner, name, original, wrapper, inherited)
+    _ACTIVE.append(entry)
     setattr(owner, name, wrapper)
     try:
         yield
     finally:
-        if inherited:
+        _ACTIVE.remove(entry)
+        _restore(owner, name, original, inherited)
+
+
+def _restore(owner: Any, name: str, original: Any, inherited: bool) -> None:
+    if inherited:
+        if name in owner.__dict__:
             delattr(owner, name)
-        else:
-            setattr(owner, name, original)
+    else:
+        setattr(owner, name, original)
+
+
+# (owner, name, original, wrapper, inherited) of every patch in place, oldest first
+_ACTIVE: List[Tuple[Any, str, Any, Any, bool]] = []
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """The originals back in place for the duration of the block (TorchScript compiles the
+    source of what it finds: a wrapper taking *args cannot be scripted)."""
+    entries = list(_ACTIVE)
+    for owner, name, original, _, inherited in reversed(entries):
+        _restore(owner, name, original, inherited)
+    try:
+        yield
+    finally:
+        for owner, name, _, wrapper, _ in entries:
+            setattr(owner, name, wrapper)
+
+
+def jit_patches(stack: contextlib.ExitStack) -> None:
+    """torch.jit.script compiles with every patch suspended (scripted code is not observed)."""
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def script(*args: Any, **kwargs: Any) -> Any:
+            with suspended():
+                return original(*args, **kwargs)
+        return script
+    stack.enter_context(patched(torch.jit, "script", make))
 
 
 def loss_patches(stack: contextlib.ExitStack, on_loss: Callable[[str, tuple, Any], None]) -> None:

@@ -31,7 +31,8 @@ from tracer.graph import GraphRecord, capture, output_shapes
 from tracer.loaders import LoaderTracker
 from tracer.params import ParameterObserver, optimizer_stats
 from tracer.pending import Pending, row
-from tracer.patches import CLASSIFICATION_LOSSES, dropout_patches, loss_patches, patched, relu_patches
+from tracer.patches import (CLASSIFICATION_LOSSES, dropout_patches, jit_patches, loss_patches, patched,
+                            relu_patches)
 from tracer.store import Row
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -174,6 +175,7 @@ class TraceSession:
         loss_patches(s, lambda name, pair, result: self._guard("loss", self._loss, name, pair, result))
         dropout_patches(s, self._dropout_applied)
         relu_patches(s, self._on_relu)
+        jit_patches(s)  # last: it suspends every patch above while TorchScript compiles
         self._stack = s
         return self
 
