@@ -127,12 +127,13 @@ class Checker:
     def _evaluate(self, inv: Invariant, values: Tuple[Any, ...], step: int, phase: str) -> Optional[Violation]:
         self.checked.add(inv.id)
         cls = template_class(inv.template)
-        if cls.holds(inv.expect, values):
+        ok = cls.holds(inv.expect, values, step) if getattr(cls, "STEPWISE", False) else cls.holds(inv.expect, values)
+        if ok:
             return None
         if inv.id in self.violations:
             self.violations[inv.id].count += 1
             return None
-        observed = _observed_text(inv, values)
+        observed = _observed_text(inv, values, step)
         v = Violation(id=inv.id, template=inv.template, target=tuple(inv.target), severity=inv.severity,
                       expected=cls.expected(inv.expect), observed=observed, step=step, phase=phase,
                       locus=inv.locus, family=family(inv),
@@ -149,7 +150,7 @@ class Checker:
         return [v for v in self.violations.values() if SEVERITY_RANK.get(v.severity, 0) >= rank]
 
 
-def _observed_text(inv: Invariant, values: Tuple[Any, ...]) -> str:
+def _observed_text(inv: Invariant, values: Tuple[Any, ...], step: int = 0) -> str:
     if inv.template == "trend":
         vals = [x for x in values[0] if isinstance(x, float)]
         if len(vals) >= 2:
@@ -162,6 +163,11 @@ def _observed_text(inv: Invariant, values: Tuple[Any, ...]) -> str:
         a, b = values
         return f"{fmt(a)} - {fmt(b)} = {fmt(a - b) if isinstance(a, float) and isinstance(b, float) else '?'}"
     v = values[0]
+    if inv.template == "schedule" and isinstance(v, float):
+        p = template_class("schedule").point(inv.expect, step)
+        if p is not None:
+            ref = p[2] if v > p[2] else p[1]
+            return f"{fmt(v)} ({v / ref:.3g}x the reference's {fmt(ref)} at step {p[0]})" if ref else fmt(v)
     span = inv.support.span
     if inv.template in ("magnitude", "range") and isinstance(v, float) and span and len(span) == 2 \
             and all(isinstance(x, (int, float)) for x in span):

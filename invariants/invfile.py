@@ -341,6 +341,9 @@ class _Validator:
         lo, hi = v.get("min"), v.get("max")
         if _is_number(lo) and _is_number(hi) and lo > hi:
             self.fail(f"min ({lo!r}) is greater than max ({hi!r}): no value could pass", "expect.min")
+        problem = cls.check_expect(v) if hasattr(cls, "check_expect") else None
+        if problem is not None:
+            self.fail(*problem)
         return v
 
     def when(self, v: Any) -> When:

@@ -14,7 +14,7 @@ from invariants.templates.base import Discard, Fit, Series, fmt
 from invariants.templates.basic import Constant, Magnitude, OneOf, Range
 from invariants.templates.block import AllNone, Disjoint
 from invariants.templates.relational import Equal, Ratio
-from invariants.templates.temporal import Trend
+from invariants.templates.temporal import Schedule, Trend
 from invariants.variables import block_of, describe, family_of, kind_of
 
 Row = Tuple[int, str, str, Optional[float], Optional[str]]
@@ -41,6 +41,9 @@ MIX_FLOOR = 0.1
 # A learning rate that falls this far below the lowest fraction of its peak the reference
 # reached has collapsed (a scheduler stepped per batch, a decay applied every step).
 LR_COLLAPSE = 100.0
+# The learning rate at a step may differ this much from the reference's at that step before
+# it is reported (a warning: a new schedule is a configuration change).
+SCHEDULE_FACTOR = 3.0
 
 
 @dataclass
@@ -157,6 +160,9 @@ class _Miner:
                       "warning", None if once else dyn_end, what)
             if k.family in ("batch_size", "learning_rate", "cost", "output_scale"):
                 self.magnitude(s, k.family, what, per_run=once)
+            if s.variable == "optim.lr_max":  # the schedule itself, step by step
+                self.emit(Schedule, target, phase, Schedule.fit(s, self.n_runs, SCHEDULE_FACTOR),
+                          "warning", dyn_end, what)
         elif k.kind == "decay":
             self.emit(Range, target, phase, Range.fit(s, log=True, margin=4.0, floor=LOG_FLOOR, lower_only=True),
                       "warning", dyn_end, what)

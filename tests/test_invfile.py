@@ -156,6 +156,14 @@ MALFORMED = [
     ("python tag", edit("why: input mean stays near 0", "why: !!python/name:os.getcwd ''"),
      "refusing YAML tag !!python/name:os.getcwd at line 22", None),
     ("local tag", edit("min: -0.5", "min: !float -0.5"), "refusing YAML tag !float", None),
+    ("schedule point", edit("template: range\n    target: [input.mean]\n    expect: {min: -0.5, max: 0.5}",
+                            "template: schedule\n    target: [input.mean]\n"
+                            "    expect: {points: [[0, 1, 2], [1, 3]], factor: 3}"),
+     f"{E1}: field 'expect.points[1]': expected [step, low, high]", "expect.points[1]"),
+    ("schedule order", edit("template: range\n    target: [input.mean]\n    expect: {min: -0.5, max: 0.5}",
+                            "template: schedule\n    target: [input.mean]\n"
+                            "    expect: {points: [[2, 1, 2], [1, 1, 2]], factor: 3}"),
+     "steps must increase: 1 after 2", "expect.points[1]"),
 ]
 
 
@@ -252,6 +260,8 @@ def sample_set() -> InvariantSet:
             why="optimizer — ünïcode ✓"),
         inv("trend", ["loss.value"], {"direction": "decreasing", "min_change": 0.2},
             steps=(0, 29), phase="any"),
+        inv("schedule", ["optim.lr_max"], {"points": [[0, 1e-4, 1e-4], [1, 2e-4, 2.5e-4], [5, 0.001, 0.001]],
+                                           "factor": 3.0}, steps=(0, 29), severity="warning"),
     ]
     meta = {"torch": "2.13.0", "script": "train.py", "args": ["--lr", "0.1", "--flag"], "runs": 3,
             "steps": 30, "created": "2024-05-01T12:00:00Z", "invar": "0.1.0", "extra": {"b": 1, "a": [1, 2]}}
@@ -411,3 +421,11 @@ def test_markdown_groups_by_block_and_family():
     assert "| `range:input.mean@train` |" in md
     assert "in [-0.1235, 0.3333]" in md and "3 runs, 90 obs, span [0.1," in md
     assert "second line" in md and "\nsecond line" not in md  # a why never breaks the table
+
+
+
+def test_schedule_compares_at_the_same_step():
+    from invariants.templates.temporal import Schedule
+    e = {"points": [[0, 1e-4, 1e-4], [10, 1e-3, 1e-3]], "factor": 3.0}
+    assert Schedule.holds(e, [2e-4], 0) and not Schedule.holds(e, [2e-4], 12)  # warm-up skipped
+    assert Schedule.holds(e, [2e-3], 15) and not Schedule.holds(e, [5e-3], 15)
