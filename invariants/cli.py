@@ -1,4 +1,9 @@
-"""The `invar` command: parse, call the library, render. Exit codes live in `Exit`."""
+"""The `invar` command: parse, call the library, render. Exit codes live in `Exit`.
+
+Nothing heavy is imported at module level: torch, the tracer and the solver come in with
+the commands that run a script, so `--version`, `--help`, `runs`, `show`, `sets`,
+`export` and `diff` start in a fraction of a second.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +13,9 @@ import json
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
@@ -29,10 +35,45 @@ class Exit(enum.IntEnum):
     INTERNAL = 70         # a bug in invar: please report it
 
 
-EXIT_HELP = """Exit codes: 0 clean; 1 invariants violated (at or above --fail-on); 2 bad usage,
-missing script or malformed invariant file; 3 the pipeline itself crashed; 4 the script
-has a syntax error; 5 the store cannot be written; 6 the store file is corrupt; 70 an
-internal error in invar (please report it)."""
+EXIT_TEXT: Dict[Exit, str] = {
+    Exit.OK: "clean",
+    Exit.VIOLATIONS: "invariants violated (at or above --fail-on)",
+    Exit.BAD_INPUT: "bad usage, missing script or malformed invariant file",
+    Exit.PIPELINE_CRASHED: "the pipeline itself crashed",
+    Exit.SCRIPT_SYNTAX: "the script has a syntax error",
+    Exit.STORE_UNWRITABLE: "the store cannot be written",
+    Exit.STORE_CORRUPT: "the store file is corrupt",
+    Exit.INTERNAL: "an internal error in invar (please report it)",
+}
+
+
+def exit_help(*codes: Tuple[Exit, Optional[str]]) -> str:
+    """The `Exit codes: ...` epilog of a command: the codes it can return, each with its
+    own wording (None: the general one), and always the internal error last."""
+    items = list(codes) + [(Exit.INTERNAL, None)]
+    return "Exit codes: " + "; ".join(f"{int(c)} {text or EXIT_TEXT[c]}" for c, text in items) + "."
+
+
+EXIT_HELP = exit_help(*((c, None) for c in Exit if c is not Exit.INTERNAL))  # every command
+_STORE_READ = ((Exit.BAD_INPUT, "bad usage, no store at --store, or no such (or an ambiguous) id"),
+               (Exit.STORE_CORRUPT, None))
+_RUNS_SCRIPT = ((Exit.PIPELINE_CRASHED, None), (Exit.SCRIPT_SYNTAX, None), (Exit.STORE_UNWRITABLE, None),
+                (Exit.STORE_CORRUPT, None))
+TRACE_EXITS = exit_help((Exit.OK, "the run was recorded"), (Exit.BAD_INPUT, "bad usage or missing script"),
+                        *_RUNS_SCRIPT)
+INFER_EXITS = exit_help((Exit.OK, "the invariant file was written"),
+                        (Exit.BAD_INPUT, "bad usage, missing script or run, or nothing to learn "
+                                         "(the reference ran no optimizer step)"), *_RUNS_SCRIPT)
+CHECK_EXITS = exit_help((Exit.OK, None), (Exit.VIOLATIONS, "invariants violated (at or above --fail-on), "
+                                                          "or nothing could be checked"),
+                        (Exit.BAD_INPUT, None), *_RUNS_SCRIPT)
+READ_EXITS = exit_help((Exit.OK, "success"), *_STORE_READ)
+EXPORT_EXITS = exit_help((Exit.OK, "rendered"), (Exit.BAD_INPUT, "bad usage, no such file or invariant set, "
+                                                                "malformed invariant file, or OUTPUT not writable"),
+                         (Exit.STORE_CORRUPT, None))
+DIFF_EXITS = exit_help((Exit.OK, "no differences"), (Exit.VIOLATIONS, "A and B differ"),
+                       (Exit.BAD_INPUT, "no such file or invariant set, or a malformed one"),
+                       (Exit.STORE_CORRUPT, None))
 
 
 class UserError(Exception):
@@ -68,17 +109,20 @@ RECORD_SAMPLING = (50, 10)
 CHECK_SAMPLING = (5, 5)
 
 
-def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--dense-steps", default=None, type=int,
-                     help="Observe every step below this one ... [default: 50; check: 5]")(f)
-    f = click.option("--sample-every", default=None, type=int,
-                     help="... then every N-th step. [default: 10; check: 5]")(f)
-    f = click.option("--block-depth", default=1, show_default=True,
-                     help="Module levels below the root model that form a block.")(f)
-    f = click.option("--nproc-per-node", "nproc_per_node", type=int, default=None,
-                     help="Run SCRIPT on N local ranks under torchrun, one invar per rank "
-                          "(docs/distributed.md). [check: the reference's]")(f)
-    return f
+def trace_options(sampling: Tuple[int, int], ranks_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The tracing options of trace, infer and check, with this command's defaults."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        # Applied bottom-up: --help lists them in the reverse of this order.
+        f = click.option("--nproc-per-node", "nproc_per_node", type=int, default=None, metavar="N",
+                         help="Run SCRIPT on N local ranks under torchrun, one invar per rank "
+                              f"(docs/distributed.md).  [default: {ranks_default}]")(f)
+        f = click.option("--block-depth", default=1, show_default=True, metavar="N",
+                         help="Module levels below the root model that form a block.")(f)
+        f = click.option("--sample-every", default=sampling[1], show_default=True, type=int, metavar="N",
+                         help="After the dense steps, observe every N-th optimizer step.")(f)
+        return click.option("--dense-steps", default=sampling[0], show_default=True, type=int, metavar="N",
+                            help="Observe every optimizer step before step N.")(f)
+    return decorate
 
 
 def _config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: int,
@@ -105,16 +149,17 @@ def cli() -> None:
     """
 
 
-# -- trace / runs / show ----------------------------------------------------------------
-@cli.command(epilog=EXIT_HELP)
+# -- trace / runs / show / sets ---------------------------------------------------------
+@cli.command(epilog=TRACE_EXITS)
 @script_arguments
 @click.option("--steps", default=0, show_default=True, help="End the run after K optimizer steps (0: run to the end).")
 @click.option("--label", default=None, help="A name for the run in `invar runs`.")
 @store_option
-@trace_options
+@trace_options(RECORD_SAMPLING, "1 (no torchrun)")
 def trace(script: str, script_args: Sequence[str], steps: int, label: Optional[str], store_dir: str,
           dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Run SCRIPT once under the tracer and record it in the store."""
+    _check_script(script)
     from invariants import cli_distributed as ranked
     if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
         return ranked.trace(click.get_current_context())
@@ -147,28 +192,30 @@ def _print_crash(res: Any) -> None:
     _err(f"invar: the partial trace is kept as run {res.run_id}")
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=READ_EXITS)
 @store_option
 def runs(store_dir: str) -> None:
     """List the runs in the store."""
-    with _open_store(store_dir) as store:
+    from invariants.report import short_path
+    with _open_store(store_dir, create=False) as store:
         items = store.runs()
     if not items:
         click.echo(f"no runs in {store_dir}")
         return
-    click.echo(f"{'run':<24} {'status':<10} {'steps':>5}  {'started':<19}  label / script")
+    width = min(max(len("label"), *(len(r.label or "-") for r in items)), 24)
+    click.echo(f"{'run':<24} {'status':<10} {'steps':>5}  {'started':<19}  {'label':<{width}}  script")
     for r in items:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        click.echo(f"{r.id:<24} {r.status:<10} {r.steps:>5}  {started}  "
-                   f"{r.label or ''} {Path(r.script).name}".rstrip())
+        click.echo(f"{r.id:<24} {r.status:<10} {r.steps:>5}  {started}  {r.label or '-':<{width}}  "
+                   f"{short_path(r.script)}")
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=READ_EXITS)
 @click.argument("run_id")
 @store_option
 def show(run_id: str, store_dir: str) -> None:
     """Summarise one stored run (an id or a unique prefix)."""
-    with _open_store(store_dir) as store:
+    with _open_store(store_dir, create=False) as store:
         info = store.run(run_id)
         variables = store.variables(info.id)
         count = store.observation_count(info.id)
@@ -189,8 +236,39 @@ def show(run_id: str, store_dir: str) -> None:
         click.echo(f"  {g + ':':<13} {shown}")
 
 
+@cli.command(epilog=READ_EXITS)
+@store_option
+def sets(store_dir: str) -> None:
+    """List the invariant sets in the store (`infer` saves one per file it writes); an id
+    or a unique prefix works as --against and export/diff SOURCE."""
+    from invariants.report import short_path
+    with _open_store(store_dir, create=False) as store:
+        items = store.invariant_sets()
+    if not items:
+        click.echo(f"no invariant sets in {store_dir}")
+        return
+    click.echo(f"{'set':<28} {'created':<19}  {'invariants':>10} {'error':>6} {'disabled':>8}  script -> file")
+    for item in items:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created))
+        total, errors, disabled, script = _set_counts(item.body)
+        click.echo(f"{item.id:<28} {created}  {total:>10} {errors:>6} {disabled:>8}  "
+                   f"{short_path(script) if script else '?'} -> {item.label or '-'}")
+
+
+def _set_counts(body: str) -> Tuple[Any, Any, Any, Optional[str]]:
+    """(invariants, error-level, disabled, meta.script) of a stored set's JSON; '?' for a
+    body that does not parse (the listing should still show the others)."""
+    try:
+        doc = json.loads(body)
+        invs = doc.get("invariants") or []
+        return (len(invs), sum(1 for i in invs if i.get("severity") == "error"),
+                sum(1 for i in invs if i.get("status") == "disabled"), (doc.get("meta") or {}).get("script"))
+    except (ValueError, AttributeError, TypeError):
+        return "?", "?", "?", None
+
+
 # -- infer / check ----------------------------------------------------------------------
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=INFER_EXITS)
 @click.argument("script", required=False, type=click.Path(dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs to trace (reseeded).")
@@ -200,29 +278,47 @@ def show(run_id: str, store_dir: str) -> None:
 @click.option("--from", "from_runs", multiple=True, help="Mine stored runs instead of tracing (repeatable).")
 @click.option("--explain", is_flag=True, help="Also list every discarded candidate and why.")
 @store_option
-@trace_options
+@trace_options(RECORD_SAMPLING, "1 (no torchrun)")
 def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps: int, output: str,
           from_runs: Sequence[str], explain: bool, store_dir: str, dense_steps: int, sample_every: int,
           block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Learn invariants from reference runs of SCRIPT and write them to a file."""
-    from invariants import cli_distributed as ranked
-    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
-        return ranked.infer(click.get_current_context())
-    from invariants import invfile, workflow
     if not from_runs and not script:
         _fail("give a SCRIPT to trace, or --from RUN_ID to mine stored runs", Exit.BAD_INPUT)
     if n_runs < 1:
         _fail(f"--runs must be >= 1, got {n_runs}", Exit.BAD_INPUT)
+    if script and not from_runs:
+        _check_script(script)  # before any progress line
+    from invariants import cli_distributed as ranked
+    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+        return ranked.infer(click.get_current_context())
+    from invariants import workflow
     if from_runs:
         outcome = workflow.infer_from_store(from_runs, store_dir)
     else:
         cfg = _config(steps, dense_steps, sample_every, block_depth)
+        _warn(workflow.support_warning(n_runs))
         try:
             outcome = workflow.infer(script, script_args, runs=n_runs, steps=steps, store_dir=store_dir,
                                      config=cfg, progress=_err)
         except workflow.PipelineCrashed as e:
             _print_crash(e.result)
             sys.exit(Exit.PIPELINE_CRASHED)
+    _write_invariants(outcome, output, store_dir, explain)
+
+
+def _write_invariants(outcome: Any, output: str, store_dir: str, explain: bool) -> None:
+    """infer's ending (also on several ranks): refuse an empty reference, write the file,
+    keep a copy in the store, summarise."""
+    from invariants import invfile, workflow
+    for w in outcome.warnings:
+        _warn(w)
+    empty = workflow.nothing_learned(outcome)
+    if empty:
+        _fail(f"nothing to learn, {output} not written: {empty}", Exit.BAD_INPUT)
+    if not outcome.invariants.invariants:
+        _warn("no candidate survived mining: the file holds no invariant (--explain says why each "
+              "was discarded)")
     invfile.dump(outcome.invariants, output)
     set_id = _save_set(outcome.invariants, store_dir, output)
     click.echo(_infer_summary(outcome, output))
@@ -236,7 +332,8 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 def _save_set(invs: Any, store_dir: str, label: str) -> str:
     """Keeps a copy of the set in the store; returns its id (usable as --against/export SOURCE)."""
     from invariants import invfile
-    set_id = "set-" + time.strftime("%Y%m%d-%H%M%S")
+    # A random suffix, as run ids have: two infers in one second must not replace each other.
+    set_id = "set-" + time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     with _open_store(store_dir) as store:
         store.save_invariant_set(set_id, label, invfile.dumps(invs, "json"))
     return set_id
@@ -259,9 +356,9 @@ def _infer_summary(outcome: Any, output: str) -> str:
     return "\n".join(lines)
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=CHECK_EXITS)
 @script_arguments
-@click.option("--against", required=True, help="Invariant file (or stored invariant set id).")
+@click.option("--against", required=True, help="Invariant file (or stored invariant set id or unique prefix).")
 @click.option("--steps", default=None, type=int, help="Optimizer steps to trace [default: the reference's].")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
               show_default=True)
@@ -269,11 +366,12 @@ def _infer_summary(outcome: Any, output: str) -> str:
 @click.option("--fail-fast", is_flag=True, help="Stop the run at the first violation at or above --fail-on.")
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
 @store_option
-@trace_options
+@trace_options(CHECK_SAMPLING, "as many as the reference ran on")
 def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
           output: Optional[str], fail_fast: bool, fail_on: str, store_dir: str, dense_steps: int,
           sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Check SCRIPT against learned invariants while it runs."""
+    _check_script(script)
     from invariants import report as rep
     from invariants import workflow
     invs = workflow.load_invariants(against, store_dir)
@@ -293,22 +391,33 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
         _err(f"report written to {output}")
     else:
         click.echo(text)
+    check_exit(result, to_stderr=fmt != "text" or bool(output))
+
+
+def check_exit(result: Any, to_stderr: bool, crashed: str = "crashed") -> None:
+    """Exits as a check's result says; a failure the report states only in its body is
+    repeated on stderr when the report is not text on the terminal."""
     if result.crash:
-        _err(f"invar: the pipeline crashed: {result.crash}")
+        _err(f"invar: the pipeline {crashed}: {result.crash}")
         sys.exit(Exit.PIPELINE_CRASHED)
-    if (result.errors if fail_on == "error" else result.errors + result.warnings):
+    if to_stderr:
+        for line in (result.failure, result.coverage_warning and "warning: " + result.coverage_warning):
+            if line:
+                _err(f"invar: {line}")
+    if result.failed:
         sys.exit(Exit.VIOLATIONS)
 
 
 # -- export / diff ----------------------------------------------------------------------
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=EXPORT_EXITS)
 @click.argument("source")
 @click.option("-o", "--output", default=None, help="Output file [default: stdout].")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json", "md"]), default=None,
               help="Output format [default: from the output's extension, else yaml].")
 @store_option
 def export(source: str, output: Optional[str], fmt: Optional[str], store_dir: str) -> None:
-    """Render an invariant file or stored invariant set for review (yaml, json, md)."""
+    """Render an invariant file or stored invariant set (an id or a unique prefix, see
+    `invar sets`) for review (yaml, json, md)."""
     from invariants import invfile, review, workflow
     invs = workflow.load_invariants(source, store_dir)
     if fmt is None:
@@ -316,16 +425,19 @@ def export(source: str, output: Optional[str], fmt: Optional[str], store_dir: st
         fmt = {".json": "json", ".md": "md"}.get(ext, "yaml")
     text = review.render_markdown(invs) if fmt == "md" else invfile.dumps(invs, fmt)
     if output:
-        if fmt == "md":
-            Path(output).write_text(text, encoding="utf-8")
-        else:
-            invfile.dump(invs, output, fmt)
+        try:
+            if fmt == "md":
+                Path(output).write_text(text, encoding="utf-8")
+            else:
+                invfile.dump(invs, output, fmt)
+        except OSError as e:
+            _fail(f"cannot write {output}: {e.strerror or e}", Exit.BAD_INPUT)
         _err(f"wrote {len(invs.invariants)} invariants to {output} ({fmt})")
     else:
         click.echo(text, nl=False)
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=DIFF_EXITS)
 @click.argument("a")
 @click.argument("b")
 @store_option
@@ -340,7 +452,9 @@ def diff(a: str, b: str, store_dir: str) -> None:
 
 
 # -- eval / bench / demo ----------------------------------------------------------------
-@cli.command("eval", epilog=EXIT_HELP)
+@cli.command("eval", epilog=exit_help((Exit.OK, "every bug found, no false alarm"),
+                                      (Exit.VIOLATIONS, "a bug variant missed or an error-level false alarm"),
+                                      (Exit.BAD_INPUT, "bad usage or no such corpus")))
 @click.argument("corpus_dir", default="corpus", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @click.option("-o", "--output", default=None, help="Write the table here instead of stdout.")
@@ -374,7 +488,7 @@ def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: i
         sys.exit(Exit.VIOLATIONS)
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=exit_help((Exit.OK, None), (Exit.BAD_INPUT, "bad usage, or no scripts to time")))
 @click.argument("scripts", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--steps", default=40, show_default=True, help="Optimizer steps per timed run.")
 @click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per mode.")
@@ -419,7 +533,7 @@ def _short(path: str) -> str:
     return f"{p.parent.name}/{p.name}"
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=exit_help((Exit.OK, "the bug variant was caught"), (Exit.VIOLATIONS, "it was missed")))
 @click.option("--store", "store_dir", default=None, help="Store directory [default: a temporary one].")
 def demo(store_dir: Optional[str]) -> None:
     """Infer invariants from a corpus reference, then check one of its bug variants."""
@@ -429,7 +543,10 @@ def demo(store_dir: Optional[str]) -> None:
 
 
 # -- shapes -----------------------------------------------------------------------------
-@cli.command(epilog=EXIT_HELP)
+@cli.command(epilog=exit_help((Exit.OK, None), (Exit.BAD_INPUT, "bad usage or --probe, missing script, "
+                                                                "or the model was never called"),
+                              (Exit.PIPELINE_CRASHED, "the script crashed before its model's first call"),
+                              (Exit.SCRIPT_SYNTAX, None)))
 @script_arguments
 @click.option("--probe", "probes", multiple=True, metavar="CxHxW",
               help="An input size (without batch) to test for acceptance; repeatable.")
@@ -454,16 +571,28 @@ def shapes(script: str, script_args: Sequence[str], probes: Sequence[str], fmt: 
 
 
 # -- entry point ------------------------------------------------------------------------
-class _open_store:
-    """Opens the store, turning StoreError into a one-line user error with its exit code."""
+def _check_script(script: str) -> None:
+    """A missing script or a syntax error fails here, before any progress line or launch."""
+    from tracer.runner import check_script
+    check_script(script)
 
-    def __init__(self, directory: str):
-        self.directory = directory
+
+def _warn(message: Optional[str]) -> None:
+    if message:
+        _err(f"invar: warning: {message}")
+
+
+class _open_store:
+    """Opens the store, turning StoreError into a one-line user error with its exit code.
+    `create=False` for commands that only read: a missing store is then "no store at DIR"."""
+
+    def __init__(self, directory: str, create: bool = True):
+        self.directory, self.create = directory, create
 
     def __enter__(self) -> Any:
         from tracer.store import Store, StoreError
         try:
-            self.store = Store(self.directory)
+            self.store = Store(self.directory, create=self.create)
         except StoreError as e:
             _fail(str(e), _store_exit(e))
         return self.store
@@ -477,11 +606,31 @@ def _store_exit(e: Any) -> Exit:
             "missing": Exit.BAD_INPUT}.get(e.kind, Exit.STORE_UNWRITABLE)
 
 
+def _script_exit(e: Any) -> Exit:
+    return Exit.SCRIPT_SYNTAX if e.kind == "syntax" else Exit.BAD_INPUT
+
+
+# Library errors that are the user's to fix, by (module, class): looked up in sys.modules,
+# since importing tracer.runner for its ScriptError would import torch into every command.
+# An exception of a module that was never imported cannot have been raised.
+_LIBRARY_ERRORS: Tuple[Tuple[str, str, Callable[[Any], Exit]], ...] = (
+    ("tracer.runner", "ScriptError", _script_exit),
+    ("invariants.invfile", "InvariantFileError", lambda e: Exit.BAD_INPUT),
+    ("tracer.store", "StoreError", _store_exit),
+)
+
+
+def _library_exit(e: BaseException) -> Optional[Exit]:
+    """The exit code of a library error meant for the user, None for anything else."""
+    for module, name, code in _LIBRARY_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return code(e)
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: maps library errors to one-line messages and exit codes."""
-    from invariants.invfile import InvariantFileError
-    from tracer.runner import ScriptError
-    from tracer.store import StoreError
     try:
         cli.main(args=argv, prog_name="invar", standalone_mode=False)
     except click.exceptions.Abort:
@@ -493,21 +642,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UserError as e:
         _err(f"invar: {e}")
         sys.exit(e.code)
-    except ScriptError as e:
-        _err(f"invar: {e}")
-        sys.exit(Exit.SCRIPT_SYNTAX if e.kind == "syntax" else Exit.BAD_INPUT)
-    except InvariantFileError as e:
-        _err(f"invar: {e}")
-        sys.exit(Exit.BAD_INPUT)
-    except StoreError as e:
-        _err(f"invar: {e}")
-        sys.exit(_store_exit(e))
     except SystemExit:
         raise
     except KeyboardInterrupt:
         _err("invar: interrupted")
         sys.exit(130)
-    except Exception:
+    except Exception as e:
+        code = _library_exit(e)
+        if code is not None:
+            _err(f"invar: {e}")
+            sys.exit(code)
         _err("invar: internal error — please report it with the traceback below:")
         _err(traceback.format_exc().rstrip())
         sys.exit(Exit.INTERNAL)

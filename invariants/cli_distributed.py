@@ -15,8 +15,8 @@ from typing import Any, List, Optional
 
 import click
 
-from invariants.cli import (CHECK_SAMPLING, Exit, _config, _err, _fail, _infer_summary, _open_store,
-                            _print_crash, _run_summary, _save_set)
+from invariants.cli import (CHECK_SAMPLING, Exit, _config, _err, _fail, _open_store, _print_crash,
+                            _run_summary, _write_invariants, check_exit)
 
 
 def distributed(nproc_per_node: Optional[int], invariants: Any = None) -> bool:
@@ -147,22 +147,18 @@ def infer(ctx: click.Context) -> None:
 
 
 def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int) -> None:
-    from invariants import invfile, ranks, workflow
+    from invariants import ranks, workflow
     p = ctx.params
     fail = ranks.failure(runs, nproc, p["n_runs"])
     if fail:
         _err(f"invar: a reference run failed: {fail}")
         _err("invar: the partial traces are kept in the store (`invar runs`)")
         sys.exit(Exit.PIPELINE_CRASHED)
-    outcome = workflow.infer_from_store(ranks.reference_run_ids(runs), p["store_dir"])
+    # Each rank's run of a reference run is one run to the miner.
+    fix = f"use --runs {-(-workflow.PER_RUN_SUPPORT // nproc)} or more"
+    outcome = workflow.infer_from_store(ranks.reference_run_ids(runs), p["store_dir"], support_fix=fix)
     outcome.invariants = ranks.mine_meta(outcome.invariants, nproc)
-    invfile.dump(outcome.invariants, p["output"])
-    _save_set(outcome.invariants, p["store_dir"], p["output"])
-    click.echo(_infer_summary(outcome, p["output"]))
-    if p.get("explain"):
-        click.echo("\nDiscarded candidates")
-        for iid, reason in outcome.mined.discarded:
-            click.echo(f"  {iid}: {reason}")
+    _write_invariants(outcome, p["output"], p["store_dir"], bool(p.get("explain")))
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -180,8 +176,8 @@ def check(ctx: click.Context, invariants: Any) -> None:
         # A machine-readable report owns stdout: the ranks' own prints go to stderr.
         stdout = sys.stderr if p["fmt"] != "text" and not p["output"] else None
         group, _ = _launch(ctx, "check", nproc, stdout=stdout)
-        _report(ctx, ranks.check_group(p["store_dir"], group, invariants, nproc, script=p["script"],
-                                       against=p["against"], fail_on=p["fail_on"]))
+        _report(ctx, invariants, ranks.check_group(p["store_dir"], group, invariants, nproc, script=p["script"],
+                                                   against=p["against"], fail_on=p["fail_on"]))
         return
     cfg = _config(budget, p["dense_steps"], p["sample_every"], p["block_depth"], CHECK_SAMPLING)
     redirect = (contextlib.redirect_stdout(sys.stderr) if p["fmt"] != "text" and not p["output"]
@@ -198,21 +194,19 @@ def check(ctx: click.Context, invariants: Any) -> None:
         _err(f"invar: rank {info.rank} done (run {res.run_id}); rank 0 prints the merged report")
         sys.exit(code)
     ranks.wait_for_group(p["store_dir"], info.group, info.world_size)
-    _report(ctx, ranks.check_group(p["store_dir"], info.group, invariants, info.world_size,
-                                   script=p["script"], against=p["against"], fail_on=p["fail_on"]))
+    _report(ctx, invariants, ranks.check_group(p["store_dir"], info.group, invariants, info.world_size,
+                                               script=p["script"], against=p["against"], fail_on=p["fail_on"]))
 
 
-def _report(ctx: click.Context, result: Any) -> None:
+def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
     from invariants import report as rep
+    from invariants import workflow
     p = ctx.params
+    result = workflow.coverage_from_store(result, invariants, p["store_dir"])  # what was not checked, and why
     text = rep.RENDERERS[p["fmt"]](result)
     if p["output"]:
         Path(p["output"]).write_text(text + "\n", encoding="utf-8")
         _err(f"report written to {p['output']}")
     else:
         click.echo(text)
-    if result.crash:
-        _err(f"invar: the pipeline failed: {result.crash}")
-        sys.exit(Exit.PIPELINE_CRASHED)
-    if result.errors if p["fail_on"] == "error" else result.errors + result.warnings:
-        sys.exit(Exit.VIOLATIONS)
+    check_exit(result, to_stderr=p["fmt"] != "text" or bool(p["output"]), crashed="failed")

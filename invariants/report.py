@@ -1,13 +1,93 @@
-"""Render a check's outcome: text (root causes first), JSON, SARIF and JUnit."""
+"""Render a check's outcome: text (root causes first), JSON, SARIF and JUnit, and say
+which invariants the run never gave a chance to be checked, and why."""
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
-from invariants.check import Violation
-from invariants.explain import Cause
+if TYPE_CHECKING:  # annotations only: `invar runs` imports this module without the checker
+    from invariants.check import Violation
+    from invariants.explain import Cause
+    from invariants.model import Invariant, InvariantSet
+
+# Why an active invariant was never evaluated (`unchecked`), in the order reports list them.
+NEVER_OBSERVED = "never_observed"
+WINDOW_NOT_REACHED = "window_not_reached"
+NOT_EVALUATED = "not_evaluated"
+REASONS = {NEVER_OBSERVED: "variable never observed in that phase",
+           WINDOW_NOT_REACHED: "step window not reached",
+           NOT_EVALUATED: "observed only outside the step window"}
+UNCHECKED_NAMED = 3  # error-level unchecked invariants the text report names
+Coverage = Mapping[Tuple[str, str], Tuple[int, int]]  # (phase, variable) -> (first, last) step
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """An active invariant the run never evaluated: `reason` is one of REASONS."""
+
+    id: str
+    severity: str
+    reason: str
+    detail: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"id": self.id, "severity": self.severity, "reason": self.reason, "detail": self.detail}
+
+
+def unchecked(invariants: "InvariantSet", checked: Collection[str], seen: Coverage) -> List[Unchecked]:
+    """Why each active invariant outside `checked` was not evaluated, from what the run
+    observed (`seen`): its variable never appeared in its phase, the run ended before its
+    step window, or the variable appeared only outside that window."""
+    from invariants.check import _second_phase  # which phase a relation's second target is read in
+    last = max((hi for _, hi in seen.values()), default=-1)
+    out = []
+    for inv in invariants.active():
+        if inv.id not in checked:
+            out.append(_why_unchecked(inv, seen, last, _second_phase(inv) if len(inv.target) == 2 else None))
+    return out
+
+
+def _span(seen: Coverage, phase: str, variable: str) -> Optional[Tuple[int, int]]:
+    spans = [seen[(p, variable)] for p in (("train", "eval") if phase == "any" else (phase,))
+             if (p, variable) in seen]
+    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
+
+
+def _why_unchecked(inv: "Invariant", seen: Coverage, last: int, second_phase: Optional[str]) -> Unchecked:
+    def why(reason: str, detail: str) -> Unchecked:
+        return Unchecked(inv.id, inv.severity, reason, detail)
+
+    phase, (lo, hi) = inv.when.phase, inv.when.steps
+    wanted = [(phase, inv.target[0])] + ([(second_phase, inv.target[1])] if second_phase else [])
+    for ph, var in wanted:
+        if _span(seen, ph, var) is None:
+            where = "train or eval" if ph == "any" else ph
+            return why(NEVER_OBSERVED, f"{var} was never observed in {where}")
+    first, final = _span(seen, phase, inv.target[0])  # type: ignore[misc]
+    window = f"steps {lo}-{'end' if hi is None else hi}"
+    if inv.template == "trend" and hi is not None:
+        return why(WINDOW_NOT_REACHED, f"decided at step {hi}; the run's last observation is at step {last}")
+    if final < lo:
+        return why(WINDOW_NOT_REACHED, f"applies to {window}; {inv.target[0]} was last observed at step {final}")
+    return why(NOT_EVALUATED, f"applies to {window}; {inv.target[0]} was observed at steps {first}-{final}")
+
+
+def short_path(path: str) -> str:
+    """A script path as people tell runs apart: relative to the working directory when
+    inside it, else `parent/name`."""
+    p = Path(path)
+    try:
+        rel = Path(os.path.relpath(p.resolve(), Path.cwd()))
+    except ValueError:  # another drive (Windows)
+        rel = Path("..")
+    if rel.parts and rel.parts[0] != "..":
+        return str(rel)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 @dataclass
@@ -29,6 +109,10 @@ class CheckReport:
     crash: Optional[str] = None
     static: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
+    unchecked: List[Unchecked] = field(default_factory=list)
+    reference: Optional[str] = None  # the script the invariants were learned from (meta.script)
+    observed: Optional[int] = None   # (phase, variable) pairs the run observed; None: not known
+    active_errors: int = 0           # active error-level invariants (with `unchecked`: coverage)
 
     @property
     def errors(self) -> int:
@@ -38,17 +122,68 @@ class CheckReport:
     def warnings(self) -> int:
         return sum(1 for v in self.violations if v.severity == "warning")
 
+    @property
+    def nothing_checked(self) -> bool:
+        """The file has active invariants and the run gave none of them a value to check."""
+        return self.invariants_checked == 0 and self.invariants_total > self.invariants_disabled
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why the check failed although no invariant was violated (nothing was checked);
+        None as well when the pipeline crashed, which is then the reason."""
+        if not self.nothing_checked or self.crash:
+            return None
+        active = self.invariants_total - self.invariants_disabled
+        if self.steps == 0:
+            what = "no optimizer step was observed" + (" and nothing was recorded" if self.observed == 0 else "")
+            return (f"nothing could be checked: {what} (0 of {active} active invariants checked); "
+                    f"does the script train with these arguments?")
+        learned = f" (learned from {short_path(self.reference)})" if self.reference else ""
+        return (f"nothing could be checked: the run observed none of the variables of the {active} active "
+                f"invariants; the invariant file may describe another pipeline{learned}")
+
+    @property
+    def coverage_warning(self) -> Optional[str]:
+        """A warning when more than half of the error-level invariants went unchecked in a
+        run that ended on its own or at its budget (a crash or --fail-fast explains itself)."""
+        errors = sum(1 for u in self.unchecked if u.severity == "error")
+        if self.nothing_checked or not errors or 2 * errors <= self.active_errors \
+                or self.crash or self.run_status in ("stopped", "interrupted"):
+            return None
+        head = f"{errors} of {self.active_errors} error-level invariants were never checked: "
+        if self.steps == 0:
+            return head + "no optimizer step was observed"
+        learned = f" (learned from {short_path(self.reference)})" if self.reference else ""
+        return head + f"the invariant file may describe another pipeline{learned}"
+
+    @property
+    def failed(self) -> bool:
+        """Whether `check` exits 1: a violation at or above --fail-on, or nothing checked."""
+        return bool(self.errors or (self.fail_on == "warning" and self.warnings) or self.nothing_checked)
+
+    @property
+    def verdict(self) -> str:
+        return "CRASHED" if self.crash else "FAILED" if self.failed else "ok"
+
     def to_json(self) -> Dict[str, Any]:
+        reasons = Counter(u.reason for u in self.unchecked)
         return {
-            "summary": {"errors": self.errors, "warnings": self.warnings, "steps": self.steps,
+            "summary": {"verdict": self.verdict, "errors": self.errors, "warnings": self.warnings,
+                        "steps": self.steps,
                         "invariants_checked": self.invariants_checked,
                         "invariants_total": self.invariants_total,
                         "invariants_disabled": self.invariants_disabled,
+                        "unchecked": {"total": len(self.unchecked),
+                                      "errors": sum(1 for u in self.unchecked if u.severity == "error"),
+                                      **{r: reasons.get(r, 0) for r in REASONS}},
+                        "nothing_checked": self.nothing_checked, "failure": self.failure,
+                        "coverage_warning": self.coverage_warning, "reference": self.reference,
                         "run_status": self.run_status, "run_id": self.run_id,
                         "seconds": round(self.seconds, 3), "crash": self.crash},
             "script": self.script, "against": self.against,
             "violations": [v.to_json() for v in self.violations],
             "causes": [c.to_json() for c in self.causes],
+            "unchecked": [u.to_json() for u in self.unchecked],
             "static": self.static,
             "notes": self.notes,
         }
@@ -56,15 +191,17 @@ class CheckReport:
 
 def render_text(r: CheckReport) -> str:
     out: List[str] = []
-    verdict = "FAILED" if r.errors or (r.fail_on == "warning" and r.warnings) else "ok"
-    if r.crash:
-        verdict = "CRASHED"
-    out.append(f"invar check {r.script} against {r.against}: {verdict}")
+    out.append(f"invar check {r.script} against {r.against}: {r.verdict}")
     out.append(f"  {r.steps} optimizer steps traced ({r.run_status}), {r.invariants_checked} of "
                f"{r.invariants_total} invariants checked ({r.invariants_disabled} disabled), "
                f"{r.errors} error(s), {r.warnings} warning(s), {r.seconds:.1f} s")
     if r.crash:
         out.append(f"  the pipeline crashed: {r.crash}")
+    if r.failure:
+        out.append(f"  {r.failure}")
+    if r.coverage_warning:
+        out.append(f"  WARNING: {r.coverage_warning}")
+    out += _unchecked_lines(r)
     for note in r.notes:
         out.append(f"  note: {note}")
     if r.causes:
@@ -87,9 +224,26 @@ def render_text(r: CheckReport) -> str:
                            f" observed {v.observed}, expected {v.expected}{more}  ({v.id})")
             if len(c.violations) > 12:
                 out.append(f"  ... {len(c.violations) - 12} more for {c.family}")
-    elif not r.crash:
+    elif not r.crash and not r.nothing_checked:
         out.append("  no invariant violated")
     return "\n".join(out)
+
+
+def _unchecked_lines(r: CheckReport) -> List[str]:
+    """`not checked: N (counts by reason)`, then a few by name, error-level ones first."""
+    if not r.unchecked or (r.nothing_checked and r.steps == 0):
+        return []  # with no step at all, the failure line already says why
+    reasons = Counter(u.reason for u in r.unchecked)
+    out = [f"  not checked: {len(r.unchecked)} invariant(s) — "
+           + ", ".join(f"{reasons[k]} {text}" for k, text in REASONS.items() if reasons[k])]
+    errors = [u for u in r.unchecked if u.severity == "error"]
+    named = errors or r.unchecked
+    for u in named[:UNCHECKED_NAMED]:
+        out.append(f"    [{u.severity}] {u.id}: {u.detail}")
+    if len(named) > UNCHECKED_NAMED:
+        kind = " error-level" if errors else ""
+        out.append(f"    ... {len(named) - UNCHECKED_NAMED} more{kind} (--format json lists every id)")
+    return out
 
 
 def render_json(r: CheckReport) -> str:
@@ -107,15 +261,19 @@ def render_sarif(r: CheckReport) -> str:
                        "logicalLocations": [{"name": v.locus or v.target[0]}]}],
         "properties": {"invariant": v.id, "step": v.step, "phase": v.phase, "family": v.family},
     } for v in r.violations]
+    notices = [(r.failure, "error"), (r.coverage_warning, "warning"), (r.crash, "error")]
+    invocation = {"executionSuccessful": not (r.crash or r.nothing_checked),
+                  "toolExecutionNotifications": [{"level": level, "message": {"text": text}}
+                                                 for text, level in notices if text]}
     sarif = {"version": "2.1.0",
              "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
              "runs": [{"tool": {"driver": {"name": "invar", "rules": list(rules.values())}},
-                       "results": results}]}
+                       "invocations": [invocation], "results": results}]}
     return json.dumps(sarif, indent=2)
 
 
 def render_junit(r: CheckReport) -> str:
-    failures = len(r.violations)
+    failures = len(r.violations) + (1 if r.nothing_checked else 0)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuite name={quoteattr("invar " + r.script)} tests="{max(r.invariants_checked, failures)}" '
              f'failures="{failures}" errors="{1 if r.crash else 0}" time="{r.seconds:.3f}">']
@@ -124,6 +282,9 @@ def render_junit(r: CheckReport) -> str:
         lines.append(f'    <failure type={quoteattr(v.severity)} message={quoteattr(v.message)}>'
                      f'{escape(v.hint)}</failure>')
         lines.append("  </testcase>")
+    if r.nothing_checked:  # else a CI reads an empty suite as passed
+        lines.append(f'  <testcase classname="coverage" name="invariants checked">'
+                     f'<failure type="error" message={quoteattr(r.failure or "")}/></testcase>')
     if r.crash:
         lines.append(f'  <testcase classname="pipeline" name="run"><error message={quoteattr(r.crash)}/></testcase>')
     lines.append("</testsuite>")

@@ -1,47 +1,99 @@
 """The CLI's wiring: trace reference runs and mine them (infer), trace a candidate and check
 it (check). The only module besides cli.py that joins tracer, solver and invariants.
+
+torch, the tracer and the solver are imported by the functions that run a script, so that
+the file-only commands (`export`, `diff`, `sets`) load in a fraction of a second.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
-
-import torch
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from invariants import __version__, invfile
-from invariants.check import Checker, Violation
-from invariants.explain import explain
-from invariants.mine import MineResult, mine
 from invariants.model import InvariantSet
-from invariants.report import CheckReport
-from invariants.static import StaticPhase
-from invariants.static import describe as describe_static
-from invariants.static import hooks as static_hooks
-from tracer.runner import RunResult, trace_to_store
-from tracer.session import TraceConfig, TraceSession
-from tracer.store import Store
+from tracer.store import DB_NAME, Store
+
+if TYPE_CHECKING:
+    from invariants.mine import MineResult
+    from invariants.report import CheckReport
+    from tracer.runner import RunResult
+    from tracer.session import TraceConfig
 
 SEED_STRIDE = 101  # seed offset between reference runs
 # check observes every step only at the start (structural bugs by step 1), then samples.
 CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY = 5, 5
+# Once-per-run facts (dataset statistics, static.* shapes) are justified by this many
+# reference runs (invariants/templates/basic.py, `per_run` support).
+PER_RUN_SUPPORT = 3
 Progress = Callable[[str], None]
 
 
 class PipelineCrashed(Exception):
     """A reference run of the pipeline raised; the trace is kept in the store."""
 
-    def __init__(self, result: RunResult):
+    def __init__(self, result: "RunResult"):
         super().__init__(f"{result.script} crashed: {result.error}")
         self.result = result
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """What one mined reference run contained: enough to tell an empty reference."""
+
+    run_id: str
+    script: str
+    steps: int
+    observations: int
+    model_called: bool
 
 
 @dataclass
 class InferOutcome:
     invariants: InvariantSet
-    mined: MineResult
-    runs: List[RunResult]
+    mined: "MineResult"
+    runs: List["RunResult"]
+    references: List[ReferenceRun] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)  # for stderr: mixed scripts, thin support
+
+
+def support_warning(runs: int, fix: str = f"use --runs {PER_RUN_SUPPORT} or more") -> Optional[str]:
+    """The warning for fewer reference runs than once-per-run facts need, else None."""
+    if runs >= PER_RUN_SUPPORT:
+        return None
+    return (f"{runs} reference run{'s' if runs != 1 else ''}: per-run facts (dataset statistics, "
+            f"static shapes) need {PER_RUN_SUPPORT} runs of support and will be missing ({fix})")
+
+
+def _mixed_scripts_warning(refs: Sequence[ReferenceRun]) -> Optional[str]:
+    from invariants.report import short_path
+    counts = Counter(r.script for r in refs)
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"{short_path(s)} ({n} run{'s' if n != 1 else ''})" for s, n in counts.items())
+    return (f"the runs come from {len(counts)} different scripts: {listed}; mining them together mixes "
+            f"pipelines, and meta.script names only the first")
+
+
+def nothing_learned(outcome: InferOutcome) -> Optional[str]:
+    """Why the reference runs held nothing to learn (no optimizer step, model never called),
+    or None when there is an invariant to write or there genuinely were observations."""
+    if outcome.invariants.invariants or not outcome.references:
+        return None
+    refs = outcome.references
+    steps = sum(r.steps for r in refs)
+    if steps and any(r.observations for r in refs):
+        return None
+    runs = f"{len(refs)} run{'s' if len(refs) != 1 else ''}, {steps} steps"
+    if steps:
+        what = "the reference recorded no observation"
+    elif any(r.model_called for r in refs):
+        what = "the reference ran no optimizer step"
+    else:
+        what = "the reference ran no optimizer step and never called its model"
+    return f"{what} ({runs}); does the script train with these arguments?"
 
 
 def _quiet(_: str) -> None:
@@ -49,10 +101,16 @@ def _quiet(_: str) -> None:
 
 
 def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, store_dir: str = ".invar",
-          config: Optional[TraceConfig] = None, progress: Progress = _quiet) -> InferOutcome:
+          config: Optional["TraceConfig"] = None, progress: Progress = _quiet) -> InferOutcome:
     """Traces `runs` reseeded reference runs of the script and mines them."""
+    from invariants.mine import mine
+    from invariants.static import StaticPhase
+    from invariants.static import hooks as static_hooks
+    from tracer.runner import check_script, trace_to_store
+    from tracer.session import TraceConfig
+    check_script(script)  # a missing script fails before any progress line
     cfg = config or TraceConfig(steps=steps)
-    results, rows_per_run = [], []
+    results, rows_per_run, refs = [], [], []
     with Store(store_dir) as store:
         for i in range(runs):
             collected: List[Any] = []
@@ -67,23 +125,36 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
                 raise PipelineCrashed(res)
             results.append(res)
             rows_per_run.append(collected)
+            refs.append(_reference(store, res.run_id, res.script, res.steps, res.observations))
     meta = _meta(script, args, steps, [r.run_id for r in results])
     invariants, mined = mine(rows_per_run, meta)
-    return InferOutcome(invariants, mined, results)
+    return InferOutcome(invariants, mined, results, refs)
 
 
-def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar") -> InferOutcome:
-    """Mines invariants from runs already in the store."""
-    with Store(store_dir) as store:
+def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar",
+                     support_fix: str = f"mine {PER_RUN_SUPPORT} or more runs") -> InferOutcome:
+    """Mines invariants from runs already in the store; `warnings` says when they come
+    from different scripts or are too few for once-per-run facts (`support_fix`: what to do)."""
+    from invariants.mine import mine
+    with Store(store_dir, create=False) as store:
         infos = [store.run(r) for r in run_ids]
         rows = [list(store.observations(i.id)) for i in infos]
+        refs = [_reference(store, i.id, i.script, i.steps, len(r)) for i, r in zip(infos, rows)]
     steps = max((i.steps for i in infos), default=0)
     meta = _meta(infos[0].script, infos[0].argv, steps, [i.id for i in infos])
     invariants, mined = mine(rows, meta)
-    return InferOutcome(invariants, mined, [])
+    thin = support_warning(len(infos), support_fix)
+    warnings = [w for w in (_mixed_scripts_warning(refs), thin) if w]
+    return InferOutcome(invariants, mined, [], refs, warnings)
+
+
+def _reference(store: Store, run_id: Optional[str], script: str, steps: int, observations: int) -> ReferenceRun:
+    called = store.facts(run_id).get("root_model") is not None if run_id else False
+    return ReferenceRun(run_id or "", script, steps, observations, called)
 
 
 def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Optional[str]]) -> Dict[str, Any]:
+    import torch
     return {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
             "run_ids": [r for r in run_ids if r], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "torch": str(torch.__version__), "invar": __version__}
@@ -91,9 +162,17 @@ def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Option
 
 def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against: str = "",
           steps: Optional[int] = None, fail_fast: bool = False, fail_on: str = "error",
-          store_dir: str = ".invar", config: Optional[TraceConfig] = None,
-          seed_offset: int = 0) -> CheckReport:
+          store_dir: str = ".invar", config: Optional["TraceConfig"] = None,
+          seed_offset: int = 0) -> "CheckReport":
     """Runs the script under the tracer and evaluates the invariants as observations arrive."""
+    from invariants.check import Checker, Violation
+    from invariants.explain import explain
+    from invariants.report import CheckReport
+    from invariants.static import StaticPhase
+    from invariants.static import describe as describe_static
+    from invariants.static import hooks as static_hooks
+    from tracer.runner import trace_to_store
+    from tracer.session import TraceConfig, TraceSession
     budget = steps if steps is not None else int(invariants.meta.get("steps") or 30)
     cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
     sessions: List[TraceSession] = []
@@ -109,6 +188,7 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
         res = trace_to_store(store, script, args, cfg, label="check", listeners=[checker.feed],
                              on_first_forward=static, on_session=static_hooks(static, sessions.append),
                              seed_offset=seed_offset)
+        seen = store.variable_steps(res.run_id) if res.run_id else {}
     checker.finish()
     violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
     causes = explain(violations)
@@ -117,20 +197,57 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
         notes.append(f"stopped early: {res.stop_reason}")
     if res.faults:
         notes.append("tracer observers faulted (the run was not affected): " + "; ".join(res.faults))
-    return CheckReport(script=str(script), against=against, run_id=res.run_id, run_status=res.status,
-                       steps=res.steps, invariants_total=len(invariants.invariants),
-                       invariants_checked=len(checker.checked), invariants_disabled=checker.skipped,
-                       violations=violations, causes=causes, seconds=res.seconds, fail_on=fail_on,
-                       crash=res.error if res.crashed else None, notes=notes,
-                       static=static.report.to_json() if static.report is not None else None)
+    report = CheckReport(script=str(script), against=against, run_id=res.run_id, run_status=res.status,
+                         steps=res.steps, invariants_total=len(invariants.invariants),
+                         invariants_checked=len(checker.checked), invariants_disabled=checker.skipped,
+                         violations=violations, causes=causes, seconds=res.seconds, fail_on=fail_on,
+                         crash=res.error if res.crashed else None, notes=notes,
+                         static=static.report.to_json() if static.report is not None else None)
+    return with_coverage(report, invariants, checker.checked, seen)
+
+
+def with_coverage(report: "CheckReport", invariants: InvariantSet, checked: Any,
+                  seen: Dict[Any, Any]) -> "CheckReport":
+    """The report with what was not checked and why (`unchecked`), the reference script
+    and how much the run observed, from the checked ids and the run's (phase, variable)
+    -> (first, last step) map."""
+    from invariants.report import unchecked
+    report.unchecked = unchecked(invariants, checked, seen)
+    report.reference = invariants.meta.get("script")
+    report.observed = len(seen)
+    report.active_errors = sum(1 for i in invariants.active() if i.severity == "error")
+    return report
+
+
+def coverage_from_store(report: "CheckReport", invariants: InvariantSet, store_dir: str) -> "CheckReport":
+    """`with_coverage` for a report merged from stored runs (one per rank, ids in
+    `report.run_id` separated by commas): re-evaluates each run to learn what was checked."""
+    from invariants.check import Checker
+    checked: set = set()
+    seen: Dict[Any, Any] = {}
+    with Store(store_dir, create=False) as store:
+        for run_id in filter(None, (report.run_id or "").split(",")):
+            checker = Checker(invariants)
+            checker.feed(list(store.observations(run_id)))
+            checker.finish()
+            checked |= checker.checked
+            for key, (lo, hi) in store.variable_steps(run_id).items():
+                old = seen.get(key, (lo, hi))
+                seen[key] = (min(lo, old[0]), max(hi, old[1]))
+    return with_coverage(report, invariants, checked, seen)
 
 
 def load_invariants(source: str, store_dir: str = ".invar") -> InvariantSet:
-    """An invariant file, or the id of an invariant set saved in the store."""
-    if os.path.exists(source) or not os.path.isdir(store_dir):
+    """An invariant file, or the id (or a unique id prefix) of an invariant set saved in
+    the store; InvariantFileError when it is neither. Never creates a store."""
+    if os.path.exists(source):
         return invfile.load(source)
-    with Store(store_dir) as store:
-        body = store.invariant_set(source)
-    if body is None:
-        return invfile.load(source)  # raises the file-not-found error
-    return invfile.loads(body, "json")
+    has_store = os.path.isfile(os.path.join(store_dir, DB_NAME))
+    if has_store:
+        with Store(store_dir, create=False) as store:
+            found = store.find_invariant_set(source)
+        if found is not None:
+            return invfile.loads(found.body, "json", source=f"invariant set {found.id}")
+    where = (f"see `invar sets --store {store_dir}`" if has_store
+             else f"and no store at {store_dir} to hold a set")
+    raise invfile.InvariantFileError(f"no such file or invariant set ({where})", path=source)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS invariant_sets (id TEXT PRIMARY KEY, created REAL, la
 """
 
 Row = Tuple[int, str, str, Optional[float], Optional[str]]  # step, phase, variable, value, text
+AMBIGUOUS_SHOWN = 5  # ids named in an "is ambiguous" message
 
 
 class StoreError(Exception):
@@ -46,6 +47,16 @@ class StoreError(Exception):
     def __init__(self, message: str, kind: str = "unwritable"):
         super().__init__(message)
         self.kind = kind
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    """One stored invariant set, as listed by `invar sets`; `body` is its JSON text."""
+
+    id: str
+    created: float
+    label: Optional[str]
+    body: str
 
 
 @dataclass(frozen=True)
@@ -69,17 +80,27 @@ class RunInfo:
 class Store:
     """A connection to one store directory. Cheap to open; close it (or use `with`)."""
 
-    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR):
+    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, create: bool = True):
+        """Opens (and with `create`, creates) the store. Readers pass `create=False`: a
+        missing store is then a StoreError of kind `missing`, and nothing is written."""
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
+        if not create and not self.path.is_file():
+            raise StoreError(f"no store at {self.directory} (nothing was traced there; pass --store DIR "
+                             f"or set INVAR_STORE)", "missing")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            if create:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            else:  # mode=rw: a store removed since the check above is not silently recreated
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                           timeout=30.0, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
+            if create:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.executescript(_SCHEMA)
+            self._check_schema(create)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"store {self.path} is not a usable SQLite database ({e}); "
                              f"move it away or pass --store to use another directory", "corrupt") from e
@@ -87,11 +108,11 @@ class Store:
             raise StoreError(f"cannot create or write the store at {self.directory}: "
                              f"{e.strerror or e}; pass --store DIR with a writable directory") from e
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, create: bool = True) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
+        if row is None and create:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        elif row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"store {self.path} has schema {row[0]}, newer than this invar "
                              f"reads ({SCHEMA_VERSION}); upgrade invar", "schema")
 
@@ -155,8 +176,8 @@ class Store:
 
     def run(self, run_id: str) -> RunInfo:
         """The run with this id, or a unique id prefix; StoreError if none or ambiguous."""
-        rows = self._db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY started",
-                                (run_id, run_id + "%")).fetchall()
+        rows = self._db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
+                                "ORDER BY started", (run_id, _like_prefix(run_id))).fetchall()
         exact = [r for r in rows if r[0] == run_id]
         if exact:
             return _run_info(exact[0])
@@ -164,7 +185,7 @@ class Store:
             return _run_info(rows[0])
         if not rows:
             raise StoreError(f"no run {run_id!r} in {self.path} (see `invar runs`)", "missing")
-        raise StoreError(f"run id {run_id!r} is ambiguous: " + ", ".join(r[0] for r in rows), "missing")
+        raise StoreError(f"run id {run_id!r} is ambiguous: {_some([r[0] for r in rows])}", "missing")
 
     def observations(self, run_id: str) -> Iterator[Row]:
         cur = self._db.execute(
@@ -194,12 +215,44 @@ class Store:
         return {k: json.loads(v) for k, v in self._db.execute(
             "SELECT key, value FROM facts WHERE run_id = ? ORDER BY key", (run_id,))}
 
+    def variable_steps(self, run_id: str) -> Dict[Tuple[str, str], Tuple[int, int]]:
+        """(phase, variable) -> (first, last) step it was observed at in the run."""
+        return {(p, v): (lo, hi) for p, v, lo, hi in self._db.execute(
+            "SELECT phase, variable, MIN(step), MAX(step) FROM observations WHERE run_id = ? "
+            "GROUP BY phase, variable", (run_id,))}
+
     def invariant_set(self, set_id: str) -> Optional[str]:
         row = self._db.execute("SELECT body FROM invariant_sets WHERE id = ?", (set_id,)).fetchone()
         return row[0] if row else None
 
-    def invariant_sets(self) -> List[Tuple[str, float, str]]:
-        return list(self._db.execute("SELECT id, created, label FROM invariant_sets ORDER BY created"))
+    def find_invariant_set(self, set_id: str) -> Optional[SetInfo]:
+        """The set with this id or a unique id prefix; None if none, StoreError if ambiguous."""
+        rows = self._db.execute("SELECT id, created, label, body FROM invariant_sets "
+                                "WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY created",
+                                (set_id, _like_prefix(set_id))).fetchall()
+        exact = [r for r in rows if r[0] == set_id]
+        if exact or len(rows) == 1:
+            return SetInfo(*(exact or rows)[0])
+        if not rows:
+            return None
+        raise StoreError(f"invariant set id {set_id!r} is ambiguous: {_some([r[0] for r in rows])}",
+                         "missing")
+
+    def invariant_sets(self) -> List[SetInfo]:
+        """Every stored invariant set, oldest first."""
+        return [SetInfo(*r) for r in self._db.execute(
+            "SELECT id, created, label, body FROM invariant_sets ORDER BY created")]
+
+
+def _like_prefix(prefix: str) -> str:
+    # A prefix is literal: `_` and `%` in it match themselves, not any character.
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _some(ids: Sequence[str]) -> str:
+    """`a, b, c, d, e (+3 more); give more of the id`."""
+    more = f" (+{len(ids) - AMBIGUOUS_SHOWN} more)" if len(ids) > AMBIGUOUS_SHOWN else ""
+    return f"{len(ids)} match: " + ", ".join(ids[:AMBIGUOUS_SHOWN]) + more + "; give more of the id"
 
 
 def _run_info(r: Tuple[Any, ...]) -> RunInfo:
