@@ -86,3 +86,16 @@ def test_bug_is_found_with_its_root_cause(invariants: InvariantSet, args: List[s
     if locus:
         assert locus in (top.locus or "")
     assert min(v.step for v in top.violations if v.family == family) <= max_step
+
+
+def test_a_flat_loss_is_reported_when_check_observed_most_of_the_window() -> None:
+    # check observes every 5th step after the first five, so a 30-step run's last loss is
+    # seen at step 25 while the reference's trend window ends at 29.
+    from invariants.model import Invariant, Support, When
+    trend = Invariant(id="trend:loss.value@train", template="trend", target=("loss.value",),
+                      expect={"direction": "decreasing", "min_change": 0.2}, when=When("train", (0, 29)),
+                      severity="warning", status="proposed", support=Support(3, 90, None), why="falls")
+    checker = Checker(InvariantSet(schema=1, meta={}, invariants=(trend,)))
+    checker.feed([(s, "train", "loss.value", 1.0, None) for s in (0, 1, 2, 3, 4, 5, 10, 15, 20, 25)])
+    assert checker.violations == {}
+    assert [v.id for v in checker.finish()] == ["trend:loss.value@train"]
