@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import io
 import json
 import sys
 import time
@@ -190,81 +189,6 @@ def _print_crash(res: Any) -> None:
     if res.traceback:
         _err(res.traceback.rstrip())
     _err(f"invar: the partial trace is kept as run {res.run_id}")
-
-
-@cli.command(epilog=READ_EXITS)
-@store_option
-def runs(store_dir: str) -> None:
-    """List the runs in the store."""
-    from invariants.report import short_path
-    with _open_store(store_dir, create=False) as store:
-        items = store.runs()
-    if not items:
-        click.echo(f"no runs in {store_dir}")
-        return
-    width = min(max(len("label"), *(len(r.label or "-") for r in items)), 24)
-    click.echo(f"{'run':<24} {'status':<10} {'steps':>5}  {'started':<19}  {'label':<{width}}  script")
-    for r in items:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        click.echo(f"{r.id:<24} {r.status:<10} {r.steps:>5}  {started}  {r.label or '-':<{width}}  "
-                   f"{short_path(r.script)}")
-
-
-@cli.command(epilog=READ_EXITS)
-@click.argument("run_id")
-@store_option
-def show(run_id: str, store_dir: str) -> None:
-    """Summarise one stored run (an id or a unique prefix)."""
-    with _open_store(store_dir, create=False) as store:
-        info = store.run(run_id)
-        variables = store.variables(info.id)
-        count = store.observation_count(info.id)
-        facts = store.facts(info.id)
-    click.echo(f"run {info.id}  {info.script}  {info.status}")
-    click.echo(f"  label         {info.label or '-'}")
-    click.echo(f"  argv          {' '.join(info.argv) or '-'}")
-    click.echo(f"  steps         {info.steps}")
-    click.echo(f"  observations  {count} of {len(variables)} variables")
-    click.echo(f"  graph         {facts.get('graph', '-')}")
-    if info.error:
-        click.echo(f"  error         {info.error}")
-    groups: dict = {}
-    for v in variables:
-        groups.setdefault(v.split(".")[0], []).append(v)
-    for g, vs in sorted(groups.items()):
-        shown = ", ".join(vs[:6]) + (f", ... (+{len(vs) - 6})" if len(vs) > 6 else "")
-        click.echo(f"  {g + ':':<13} {shown}")
-
-
-@cli.command(epilog=READ_EXITS)
-@store_option
-def sets(store_dir: str) -> None:
-    """List the invariant sets in the store (`infer` saves one per file it writes); an id
-    or a unique prefix works as --against and export/diff SOURCE."""
-    from invariants.report import short_path
-    with _open_store(store_dir, create=False) as store:
-        items = store.invariant_sets()
-    if not items:
-        click.echo(f"no invariant sets in {store_dir}")
-        return
-    click.echo(f"{'set':<28} {'created':<19}  {'invariants':>10} {'error':>6} {'disabled':>8}  script -> file")
-    for item in items:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.created))
-        total, errors, disabled, script = _set_counts(item.body)
-        click.echo(f"{item.id:<28} {created}  {total:>10} {errors:>6} {disabled:>8}  "
-                   f"{short_path(script) if script else '?'} -> {item.label or '-'}")
-
-
-def _set_counts(body: str) -> Tuple[Any, Any, Any, Optional[str]]:
-    """(invariants, error-level, disabled, meta.script) of a stored set's JSON; '?' for a
-    body that does not parse (the listing should still show the others)."""
-    try:
-        doc = json.loads(body)
-        invs = doc.get("invariants") or []
-        return (len(invs), sum(1 for i in invs if i.get("severity") == "error"),
-                sum(1 for i in invs if i.get("status") == "disabled"), (doc.get("meta") or {}).get("script"))
-    except (ValueError, AttributeError, TypeError):
-        return "?", "?", "?", None
 
 
 # -- infer / check ----------------------------------------------------------------------
@@ -451,97 +375,6 @@ def diff(a: str, b: str, store_dir: str) -> None:
         sys.exit(Exit.VIOLATIONS)
 
 
-# -- eval / bench / demo ----------------------------------------------------------------
-@cli.command("eval", epilog=exit_help((Exit.OK, "every bug found, no false alarm"),
-                                      (Exit.VIOLATIONS, "a bug variant missed or an error-level false alarm"),
-                                      (Exit.BAD_INPUT, "bad usage or no such corpus")))
-@click.argument("corpus_dir", default="corpus", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
-@click.option("-o", "--output", default=None, help="Write the table here instead of stdout.")
-@click.option("--jobs", default=1, show_default=True, help="Cases evaluated in parallel (one process each).")
-@click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs per case.")
-@click.option("--steps", default=30, show_default=True, help="Optimizer steps per run.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch intra-op threads per case worker (and per rank of a launched case) "
-                   "[default: 1 when --jobs > 1, else torch's default]. On a small shared machine "
-                   "torch's default of one thread per core in every worker oversubscribes the cores.")
-def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int,
-          threads: Optional[int]) -> None:
-    """Score invar on a corpus: infer from each reference, check every variant.
-
-    Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
-    error-level violation."""
-    from invariants import evaluate
-    try:
-        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err,
-                                   threads=threads)
-    except FileNotFoundError as e:
-        _fail(str(e), Exit.BAD_INPUT)
-    text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-        _err(f"wrote {output}")
-    else:
-        click.echo(text)
-    t = report.totals()
-    if t["recall"] < 1.0 or t["false_alarms"] or t["loo_false_alarms"]:
-        sys.exit(Exit.VIOLATIONS)
-
-
-@cli.command(epilog=exit_help((Exit.OK, None), (Exit.BAD_INPUT, "bad usage, or no scripts to time")))
-@click.argument("scripts", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--steps", default=40, show_default=True, help="Optimizer steps per timed run.")
-@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per mode.")
-@click.option("--mining-runs", default=5, show_default=True)
-@click.option("--mining-steps", default=200, show_default=True)
-def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mining_steps: int) -> None:
-    """Print tracer overhead (infer and check mode vs untraced) and mining time, as ratios.
-
-    SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
-    records it, and traced as check evaluates it, interleaved; medians per step compared."""
-    from invariants import bench as b
-    targets = list(scripts) or _single_process_references()
-    if not targets:
-        _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
-    from invariants import shapes as shapes_mod
-    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} {'static s':>9}")
-    for script in targets:
-        t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
-        with contextlib.redirect_stdout(io.StringIO()):
-            static = shapes_mod.run(script, [])
-        seconds = f"{static.report.seconds:.2f}" if static.report else "-"
-        click.echo(f"{_short(script):<40} {1000 * t.medians['plain']:>13.2f} "
-                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x {seconds:>9}")
-    m = b.mining_time(mining_runs, mining_steps)
-    click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
-               f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")
-
-
-def _single_process_references() -> List[str]:
-    """corpus/*/reference.py, except cases launched on several ranks (docs/distributed.md)."""
-    import yaml
-    out = []
-    for case in sorted(Path("corpus").glob("*/case.yaml")):
-        meta = yaml.safe_load(case.read_text()) or {}
-        if not meta.get("launch") and (case.parent / "reference.py").is_file():
-            out.append(str(case.parent / "reference.py"))
-    return out
-
-
-def _short(path: str) -> str:
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}"
-
-
-@cli.command(epilog=exit_help((Exit.OK, "the bug variant was caught"), (Exit.VIOLATIONS, "it was missed")))
-@click.option("--store", "store_dir", default=None, help="Store directory [default: a temporary one].")
-def demo(store_dir: Optional[str]) -> None:
-    """Infer invariants from a corpus reference, then check one of its bug variants."""
-    from corpus import harness
-    code = harness.demo(store_dir, echo=click.echo, progress=_err)
-    sys.exit(code)
-
-
 # -- shapes -----------------------------------------------------------------------------
 @cli.command(epilog=exit_help((Exit.OK, None), (Exit.BAD_INPUT, "bad usage or --probe, missing script, "
                                                                 "or the model was never called"),
@@ -629,6 +462,18 @@ def _library_exit(e: BaseException) -> Optional[Exit]:
     return None
 
 
+def _register() -> None:
+    # Commands kept in their own modules (each imports its helpers from here).
+    from invariants import cli_corpus, cli_store
+    for command in (cli_store.runs, cli_store.show, cli_store.sets, cli_corpus.eval_, cli_corpus.bench,
+                    cli_corpus.demo):
+        cli.add_command(command)
+
+
+if __name__ != "__main__":  # under `python -m`, the imported copy registers (see the end)
+    _register()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: maps library errors to one-line messages and exit codes."""
     try:
@@ -658,4 +503,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m invariants.cli`: run the imported module's main, so that the commands in
+    # other modules and the error classes they raise are this very module's.
+    from invariants.cli import main as imported_main
+    imported_main()

@@ -1,0 +1,103 @@
+"""The corpus commands of the CLI: eval, bench, demo (registered by invariants.cli)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import click
+
+from invariants.cli import Exit, _err, _fail, exit_help
+
+
+@click.command("eval", epilog=exit_help((Exit.OK, "every bug found, no false alarm"),
+                                      (Exit.VIOLATIONS, "a bug variant missed or an error-level false alarm"),
+                                      (Exit.BAD_INPUT, "bad usage or no such corpus")))
+@click.argument("corpus_dir", default="corpus", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("-o", "--output", default=None, help="Write the table here instead of stdout.")
+@click.option("--jobs", default=1, show_default=True, help="Cases evaluated in parallel (one process each).")
+@click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs per case.")
+@click.option("--steps", default=30, show_default=True, help="Optimizer steps per run.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch intra-op threads per case worker (and per rank of a launched case) "
+                   "[default: 1 when --jobs > 1, else torch's default]. On a small shared machine "
+                   "torch's default of one thread per core in every worker oversubscribes the cores.")
+def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int,
+          threads: Optional[int]) -> None:
+    """Score invar on a corpus: infer from each reference, check every variant.
+
+    Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
+    error-level violation."""
+    from invariants import evaluate
+    try:
+        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err,
+                                   threads=threads)
+    except FileNotFoundError as e:
+        _fail(str(e), Exit.BAD_INPUT)
+    text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        _err(f"wrote {output}")
+    else:
+        click.echo(text)
+    t = report.totals()
+    if t["recall"] < 1.0 or t["false_alarms"] or t["loo_false_alarms"]:
+        sys.exit(Exit.VIOLATIONS)
+
+
+@click.command(epilog=exit_help((Exit.OK, None), (Exit.BAD_INPUT, "bad usage, or no scripts to time")))
+@click.argument("scripts", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--steps", default=40, show_default=True, help="Optimizer steps per timed run.")
+@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per mode.")
+@click.option("--mining-runs", default=5, show_default=True)
+@click.option("--mining-steps", default=200, show_default=True)
+def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mining_steps: int) -> None:
+    """Print tracer overhead (infer and check mode vs untraced) and mining time, as ratios.
+
+    SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
+    records it, and traced as check evaluates it, interleaved; medians per step compared."""
+    from invariants import bench as b
+    targets = list(scripts) or _single_process_references()
+    if not targets:
+        _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
+    from invariants import shapes as shapes_mod
+    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} {'static s':>9}")
+    for script in targets:
+        t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+        with contextlib.redirect_stdout(io.StringIO()):
+            static = shapes_mod.run(script, [])
+        seconds = f"{static.report.seconds:.2f}" if static.report else "-"
+        click.echo(f"{_short(script):<40} {1000 * t.medians['plain']:>13.2f} "
+                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x {seconds:>9}")
+    m = b.mining_time(mining_runs, mining_steps)
+    click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
+               f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")
+
+
+def _single_process_references() -> List[str]:
+    """corpus/*/reference.py, except cases launched on several ranks (docs/distributed.md)."""
+    import yaml
+    out = []
+    for case in sorted(Path("corpus").glob("*/case.yaml")):
+        meta = yaml.safe_load(case.read_text()) or {}
+        if not meta.get("launch") and (case.parent / "reference.py").is_file():
+            out.append(str(case.parent / "reference.py"))
+    return out
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+@click.command(epilog=exit_help((Exit.OK, "the bug variant was caught"), (Exit.VIOLATIONS, "it was missed")))
+@click.option("--store", "store_dir", default=None, help="Store directory [default: a temporary one].")
+def demo(store_dir: Optional[str]) -> None:
+    """Infer invariants from a corpus reference, then check one of its bug variants."""
+    from corpus import harness
+    code = harness.demo(store_dir, echo=click.echo, progress=_err)
+    sys.exit(code)
