@@ -40,7 +40,7 @@ class ShapesOutcome:
             lines.append(f"labels  {r.label_check}")
         lines.append(f"domain  {r.domain_text()}")
         for expr, module in r.guards[:12]:
-            lines.append(f"  guard {expr}   ({module or 'input'})")
+            lines.append(f"  guard {expr}   ({module or 'model forward'})")
         for p in r.probes:
             verdict = {True: "accepted", False: "rejected", None: "undecided"}[p.accepted]
             blame = f" — blamed on {', '.join(p.blame)}" if p.blame else ""

@@ -9,7 +9,7 @@ import sympy
 import torch
 from torch import nn
 
-from solver import z3query
+from solver import confirm, z3query
 from solver.results import Counterexample, Proved, Result, Unknown
 from solver.symbolic import SymbolicRun, dynamic_dims, symbolic_run
 
@@ -130,7 +130,10 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
     """Answers the shape questions for `model` called on `example_inputs`.
 
     Never raises on a model it cannot handle: what it cannot decide is Unknown with the
-    reason. Raises TypeError only for arguments that are not a module and tensors."""
+    reason. A size is called rejected (a batch-size counterexample, a rejected probe, a
+    domain bound) only when a concrete forward of the meta copy fails there too, since
+    torch's guards also hold branch conditions that are no requirement (solver/confirm.py).
+    Raises TypeError only for arguments that are not a module and tensors."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"analyse() needs an nn.Module, got {type(model).__name__}")
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
@@ -177,18 +180,9 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
     elif batch in pinned:
         poly = Unknown(_pinned_reason(model, "batch size", *pinned[batch]))
     else:
-        claim = sympy.And(sympy.Eq(out[0], batch), *[sympy.Eq(d, d.subs(batch, 1)) if hasattr(d, "subs") else True
-                                                      for d in out[1:]])
-        fixed = [sympy.Eq(s, int(v)) for s, v in zip(syms[1:], x0.shape[1:]) if isinstance(s, sympy.Symbol)]
-        poly = z3query.prove(claim, guards, positive, f"output is [{', '.join(show(d) for d in out)}] "
-                             f"with dim 0 = B for every B >= 1", timeout_ms)
-        if isinstance(poly, Proved):
-            accepts_all = z3query.prove(sympy.And(*guards) if guards else sympy.true, fixed,
-                                        positive, "every batch size B >= 1 is accepted", timeout_ms)
-            if not isinstance(accepts_all, Proved):
-                poly = accepts_all
+        names_of = {str(k): str(v) for k, v in rename.items()}
+        poly = confirm.batch_polymorphism(model, inputs, run, show, names_of, timeout_ms)
         if isinstance(poly, Counterexample):  # the model in the input's names (B, H, T)
-            names_of = {str(k): str(v) for k, v in rename.items()}
             poly = Counterexample(poly.what, {names_of.get(k, k): v for k, v in poly.model.items()})
     label = None
     if label_classes is not None:
@@ -209,6 +203,18 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         bfix = [sympy.Eq(batch, int(x0.shape[0]))] if batch is not None else []
         side_min = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, False, timeout_ms)
         side_max = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, True, timeout_ms)
+        # each bound says the next side is rejected: confirmed concretely like any rejection
+        for which, step in (("side_min", -1), ("side_max", 1)):
+            bound = side_min if step < 0 else side_max
+            if bound is None or (step < 0 and bound <= 1):
+                continue
+            moved, note = confirm.widen(model, inputs, run, spatial, bound, step, kind)
+            if note:
+                notes.append(note)
+            if moved is None:  # no bound confirmed on this side: the domain is unknown
+                side_min = side_max = None
+                break
+            side_min, side_max = (moved, side_max) if step < 0 else (side_min, moved)
     probe_results = []
     for size in probes:
         full = [int(x0.shape[0])] + [int(v) for v in size]
@@ -223,6 +229,11 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         accepted, blame = z3query.check_concrete(run.guards, values)
         if not fixed_ok:
             accepted, blame = False, ["(input channels)"] + blame
+        if accepted is False:  # a rejection is reported only when a concrete forward agrees
+            accepted, note = confirm.rejection(model, inputs, run, full, values, show)
+            blame = [] if accepted else blame
+            if note:
+                notes.append(note)
         probe_results.append(Probe(tuple(size), accepted, tuple(blame)))
     stages = []
     for stage in _stage_names(model):
@@ -250,9 +261,10 @@ def _pinned_reason(model: nn.Module, what: str, value: int, owner: str) -> str:
     if isinstance(sub, (nn.RNNBase, nn.RNNCellBase)):
         who = f"the model's RNN `{owner}` ({type(sub).__name__})"
     elif owner:
-        who = f"module `{owner}`" + (f" ({type(sub).__name__})" if sub is not None else "")
+        who = confirm.owner_text(model, owner)
     else:
-        who = "the model's own forward (a Python loop, branch or fixed view over that size)"
+        who = ("the model's own forward (a Python loop, a branch, or an op against a fixed-size tensor "
+               "such as a view or a broadcast with a parameter, over that size)")
     return (f"{who} specialises the {what} to {value} on torch's symbolic path, "
             f"so other values of it are not analysed")
 

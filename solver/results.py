@@ -10,11 +10,12 @@ class Proved:
     """The property holds for every value the symbols may take."""
 
     what: str
+    note: str = ""  # e.g. a guard a concrete forward showed to be a symbolic-path artefact
 
     status = "proved"
 
     def __str__(self) -> str:
-        return f"proved: {self.what}"
+        return f"proved: {self.what}" + (f" (note: {self.note})" if self.note else "")
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,12 @@ def _val(d: Any, m: Dict[str, int]) -> int:
     return int(d) if str(d).isdigit() else m.get(str(d), 1)
 
 
-def check_concrete(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]) -> Tuple[Optional[bool], List[str]]:
+def failing_guards(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]
+                   ) -> Tuple[List[Tuple[Any, str]], bool]:
     """The cheap check before any solver: substitute concrete sizes into every guard.
-    Returns (accepted or None when undecided, modules owning the failing guards)."""
-    blame: List[str] = []
+    Returns the (guard, owner) pairs that come out false, and whether some guard stayed
+    undecided (symbols left free, or an expression sympy cannot evaluate)."""
+    failing: List[Tuple[Any, str]] = []
     undecided = False
     for expr, owner in guards:
         try:
@@ -195,10 +197,20 @@ def check_concrete(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]) ->
             undecided = True
             continue
         if v is sympy.false or v is False:
-            if owner not in blame:
-                blame.append(owner or "(input)")
+            failing.append((expr, owner))
         elif not (v is sympy.true or v is True):
             undecided = True
+    return failing, undecided
+
+
+def check_concrete(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]) -> Tuple[Optional[bool], List[str]]:
+    """Whether concrete sizes pass every guard: (accepted, or None when undecided;
+    modules owning the failing guards, "(model forward)" for the model's own forward)."""
+    failing, undecided = failing_guards(guards, values)
+    blame: List[str] = []
+    for _, owner in failing:
+        if (owner or "(model forward)") not in blame:
+            blame.append(owner or "(model forward)")
     if blame:
         return False, blame
     return (None if undecided else True), []

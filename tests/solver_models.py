@@ -1,6 +1,8 @@
 """Small CPU models for the solver tests and benchmark (ResNet-18-shaped, VGG with a
 Flatten->Linear head that pins the input size, MLP, LSTM classifiers over token ids and
-over feature sequences, an LSTMCell loop, a GRU with a fixed-batch initial state)."""
+over feature sequences, an LSTMCell loop, a GRU with a fixed-batch initial state,
+self-attention over token ids with a learned positional parameter, a Transformer encoder
+layer)."""
 from __future__ import annotations
 
 import torch
@@ -128,3 +130,38 @@ class Branchy(nn.Module):
             x = x[..., :40]
         n = torch.nonzero(x > 0).shape[0]
         return self.fc(x.mean(dim=-1, keepdim=True).expand(-1, 8)) + n
+
+
+class PositionalAttention(nn.Module):
+    """Token ids -> embedding + a learned [1, T, D] positional parameter (broadcast over the
+    batch) -> nn.MultiheadAttention(batch_first) -> mean-pool -> Linear; returns a dict.
+    The attention's in-projection sees a transposed view, so torch's symbolic path guards
+    B != 1 (a contiguity test), though B=1 runs."""
+
+    def __init__(self, vocab: int = 50, seq_len: int = 12, dim: int = 16, heads: int = 2, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, seq_len, dim))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> dict:
+        h = self.embed(tokens) + self.pos
+        a, weights = self.attn(h, h, h, need_weights=True)
+        return {"logits": self.head(self.norm(h + a).mean(dim=1)), "attn": weights}
+
+
+class TinyEncoder(nn.Module):
+    """Token ids -> embedding -> one nn.TransformerEncoderLayer -> mean-pool -> Linear; returns
+    (logits, features). Any sequence length runs; torch's symbolic path guards T != 1."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.enc = nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> tuple:
+        h = self.enc(self.embed(tokens))
+        return self.head(h.mean(dim=1)), h

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from solver import Counterexample, Proved, Unknown, analyse, broadcast_check, prepool_stage, rules
-from solver.symbolic import symbolic_run
+from solver import Counterexample, Proved, Unknown, analyse, broadcast_check, confirm, prepool_stage, rules
+from solver.symbolic import ConcreteRun, concrete_run, symbolic_run
 from tests.conftest import ROOT, SCRIPTS, run_invar
 from invariants.shapes import ShapesOutcome
-from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, LSTMClassifier, ResNet18, SequenceLSTM,
-                                 TinyVGG, mlp)
+from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, LSTMClassifier, PositionalAttention, ResNet18,
+                                 SequenceLSTM, TinyEncoder, TinyVGG, mlp)
 
 
 def _effnet():
@@ -42,6 +42,8 @@ def test_private_torch_api_contract() -> None:
         assert r.output_shape == ("B", "10"), f"symbolic output {r.output_shape}"
         assert any("fc" == m for _, m in r.guards), "guard attribution to modules"
         assert "H" in r.flops, "symbolic FLOP counting"
+        assert concrete_run(TinyVGG(), [torch.randn(2, 3, 32, 32)], [(1, 3, 32, 32)]).output == (1, 10), \
+            "a concrete forward on static fake tensors"
     except (ImportError, AttributeError, AssertionError, TypeError) as e:
         pytest.fail(f"torch upgrade broke the symbolic path: {type(e).__name__}: {e}")
 
@@ -187,8 +189,14 @@ def test_size_pinned_on_torchs_path_is_unknown_with_the_module_not_no_output(mon
 
 def test_fixed_initial_state_really_pins_the_batch_and_no_output_is_said_only_when_true() -> None:
     r = analyse(FixedStateGRU(), torch.randn(8, 10, 6))
-    assert isinstance(r.batch_polymorphic, Counterexample) and r.batch_polymorphic.model["B"] != 8
+    poly = r.batch_polymorphic
+    assert isinstance(poly, Counterexample) and poly.model["B"] != 8
     assert [m for _, m in r.guards] == ["gru"]
+    b = poly.model["B"]  # the text says which B fails and why, and eager agrees
+    assert str(poly).startswith(f"counterexample: B={b} is rejected by guard Eq(B, 8) of module `gru` (GRU)")
+    assert "every" not in str(poly)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        FixedStateGRU()(torch.randn(b, 10, 6))
 
     class Keyed(torch.nn.Module):
         def __init__(self, tensor_out: bool):
@@ -201,3 +209,68 @@ def test_fixed_initial_state_really_pins_the_batch_and_no_output_is_said_only_wh
     assert isinstance(analyse(Keyed(True), torch.randn(3, 4)).batch_polymorphic, Proved)
     no_tensor = analyse(Keyed(False), torch.randn(3, 4)).batch_polymorphic
     assert str(no_tensor) == "unknown: the model has no tensor output"
+
+
+@pytest.fixture(scope="module")
+def positional():
+    model = PositionalAttention().eval()
+    return model, analyse(model, torch.randint(0, 50, (8, 12)))
+
+
+def test_batch_one_guarded_only_by_the_symbolic_path_is_not_a_counterexample(positional) -> None:
+    """[B, T, D] + a [1, T, D] parameter, then MultiheadAttention: torch's symbolic path
+    guards B != 1 (a contiguity test on the attention's transposed input); a concrete
+    forward at B=1 works, as eager does, so the answer is a proof with a note."""
+    model, r = positional
+    poly = r.batch_polymorphic
+    assert isinstance(poly, Proved), poly
+    assert ("Ne(B, 1)", "attn") in r.guards
+    assert "guard Ne(B, 1) of module `attn` (MultiheadAttention)" in poly.note and "B=1" in poly.note
+    with torch.no_grad():
+        assert tuple(model(torch.randint(0, 50, (1, 12)))["logits"].shape) == (1, 3)
+    assert r.output_shape == ("B", "3")
+    text = ShapesOutcome(r, (8, 12), 3).text()
+    assert "counterexample" not in text and "  attn " in text
+
+
+def test_attention_modules_are_stages_though_their_children_never_run(positional) -> None:
+    """MultiheadAttention is not a leaf (out_proj) and never calls out_proj's forward: it
+    records its own output. The encoder layer's T != 1 guard is confirmed away concretely."""
+    r = positional[1]
+    assert [m for m, _ in r.stages] == ["embed", "attn", "norm", "head"]
+    assert dict(r.stages)["attn"] == ("B", "12", "16")
+    model = TinyEncoder().eval()
+    r = analyse(model, torch.randint(0, 50, (4, 9)), probes=[(1,), (30,)])
+    assert isinstance(r.batch_polymorphic, Proved), r.batch_polymorphic
+    assert r.stage_shape_at("enc.self_attn", (4, 9)) == (4, 9, 16)
+    assert ("Ne(T, 1)", "enc.self_attn") in r.guards
+    assert r.domain_text() == "sequence length 1..unbounded"  # the guards alone say 2..
+    assert [p.accepted for p in r.probes] == [True, True]
+    with torch.no_grad():
+        assert tuple(model(torch.randint(0, 50, (1, 1)))[0].shape) == (1, 3)
+
+
+def test_wrong_output_form_is_confirmed_and_unconfirmable_guards_are_unknown(monkeypatch) -> None:
+    class Refold(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x).reshape(-1, 2)
+
+    poly = analyse(Refold(), torch.randn(3, 4)).batch_polymorphic
+    assert isinstance(poly, Counterexample), poly
+    assert "output [2*B, 2] is not [B, K] for every B: at B=" in str(poly) and "concrete forward gives [" in str(poly)
+    # a concrete forward accepting every size: the guard is an artefact each time, and after
+    # MAX_CONFIRMATIONS of them the answer is Unknown naming the guard, never a counterexample
+    monkeypatch.setattr(confirm, "concrete_run", lambda model, inputs, shapes: ConcreteRun(
+        tuple(map(tuple, shapes)), (shapes[0][0], 3)))
+    poly = analyse(FixedStateGRU(), torch.randn(8, 10, 6)).batch_polymorphic
+    assert isinstance(poly, Unknown), poly
+    assert "guard Eq(B, 8) of module `gru` (GRU)" in poly.reason and "artefacts of the symbolic path" in poly.reason
+    # a concrete forward failing even at the example's sizes confirms nothing
+    monkeypatch.setattr(confirm, "concrete_run", lambda model, inputs, shapes: ConcreteRun(
+        tuple(map(tuple, shapes)), None, "RuntimeError: no meta kernel"))
+    poly = analyse(FixedStateGRU(), torch.randn(8, 10, 6)).batch_polymorphic
+    assert isinstance(poly, Unknown) and "could not confirm it" in poly.reason, poly
