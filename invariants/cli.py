@@ -470,7 +470,9 @@ def _register() -> None:
         cli.add_command(command)
 
 
-if __name__ != "__main__":  # under `python -m`, the imported copy registers (see the end)
+# Only the module imported under its own name registers: run as `python -m` (or re-imported
+# as `__mp_main__` by a spawned worker) it would import itself once more, half-initialised.
+if __name__ == "invariants.cli":
     _register()
 
 
