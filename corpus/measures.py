@@ -397,3 +397,42 @@ def loss_broadcast(bug: Run, ref: Run) -> Finding:
     (b, shapes), (r, ref_shapes) = _broadcast_fraction(bug), _broadcast_fraction(ref)
     return Finding("loss_broadcast", b > 0.99 and r == 0.0,
                    f"{_pct(b)} of loss calls broadcast ({shapes}; reference {ref_shapes})", b, r)
+
+
+def _eval_mode_training_fraction(run: Run) -> float:
+    grad = [c for c in run.model_calls() if c.grad_enabled]
+    if not grad:
+        raise ValueError(f"{run.script}: no model call with gradients enabled seen")
+    return sum(not c.training for c in grad) / len(grad)
+
+
+@measure("trains_in_eval_mode")
+def trains_in_eval_mode(bug: Run, ref: Run, at_least: float) -> Finding:
+    """Model calls with gradients enabled (training forwards) made in eval mode."""
+    b, r = _eval_mode_training_fraction(bug), _eval_mode_training_fraction(ref)
+    return Finding("trains_in_eval_mode", b >= at_least and r == 0.0,
+                   f"{_pct(b)} of the training forwards ran with the model in eval mode (reference {_pct(r)})",
+                   b, r)
+
+
+@measure("final_lr_ratio")
+def final_lr_ratio(bug: Run, ref: Run, at_most: float) -> Finding:
+    """Learning rate of the last optimizer step, bug over reference."""
+    b, r = bug.probe.steps[-1].lr_max, ref.probe.steps[-1].lr_max
+    return Finding("final_lr_ratio", b <= at_most * r,
+                   f"last learning rate {b:.3g} vs {r:.3g} in the reference (x{b / r:.2g})", b / r)
+
+
+def _labels_per_batch(run: Run) -> float:
+    counts = [n for grad, n in run.probe.loss_labels if grad]
+    if not counts:
+        raise ValueError(f"{run.script}: no training loss call with integer labels seen")
+    return statistics.fmean(counts)
+
+
+@measure("labels_per_batch")
+def labels_per_batch(bug: Run, ref: Run, at_most: float) -> Finding:
+    """Distinct labels per training batch (at the loss module), bug over reference."""
+    b, r = _labels_per_batch(bug), _labels_per_batch(ref)
+    return Finding("labels_per_batch", b <= at_most * r,
+                   f"{b:.2f} distinct labels per training batch vs {r:.2f} in the reference (x{b / r:.2g})", b / r)

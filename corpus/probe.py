@@ -68,6 +68,7 @@ class Probe:
     calls: List[Call] = field(default_factory=list)
     steps: List[Step] = field(default_factory=list)
     loss_shapes: List[Tuple[Tuple[int, ...], ...]] = field(default_factory=list)
+    loss_labels: List[Tuple[bool, int]] = field(default_factory=list)  # (grad enabled, distinct labels)
     optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
     snapshots: Dict[int, Dict[str, torch.Tensor]] = field(default_factory=dict)
     first_eval: Dict[int, Tuple[torch.Tensor, Dict[str, bool]]] = field(default_factory=dict)
@@ -114,6 +115,9 @@ class Probe:
                 call = self._record_call(module, args)
             elif type(module).__name__.endswith("Loss"):
                 self.loss_shapes.append(tuple(tuple(a.shape) for a in args if torch.is_tensor(a)))
+                target = args[1] if len(args) > 1 else None
+                if torch.is_tensor(target) and not target.is_floating_point() and target.numel():
+                    self.loss_labels.append((torch.is_grad_enabled(), int(torch.unique(target).numel())))
         self._stack.append((module, call))
 
     def _post(self, module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:

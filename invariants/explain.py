@@ -40,8 +40,9 @@ CAUSAL_EDGES = {
     "unsynced_gradients": ("replica_divergence", "gradients", "updates", "loss_trend"),
     "replica_divergence": ("gradients", "updates", "loss_trend", "output_scale"),
     "duplicate_shards": ("loss_trend",),
-    # batches of one class each: the gradients swing from class to class
-    "data_order": ("loss_trend", "gradients", "updates", "output_scale"),
+    # batches of one class each: the gradients swing from class to class, and the classes
+    # seen so far understate the class count the output width is compared with
+    "data_order": ("loss_trend", "gradients", "updates", "output_scale", "output_width"),
 }
 
 HINTS = {
