@@ -201,7 +201,8 @@ def render_text(r: CheckReport) -> str:
         out.append(f"  {r.failure}")
     if r.coverage_warning:
         out.append(f"  WARNING: {r.coverage_warning}")
-    out += _unchecked_lines(r)
+    if not r.causes:
+        out += _unchecked_lines(r)
     for note in r.notes:
         out.append(f"  note: {note}")
     if r.causes:
@@ -224,6 +225,9 @@ def render_text(r: CheckReport) -> str:
                            f" observed {v.observed}, expected {v.expected}{more}  ({v.id})")
             if len(c.violations) > 12:
                 out.append(f"  ... {len(c.violations) - 12} more for {c.family}")
+        unchecked = _unchecked_lines(r)
+        if unchecked:  # after the causes: often their consequence (a frozen block has no gradients)
+            out += ["", "Not checked"] + unchecked
     elif not r.crash and not r.nothing_checked:
         out.append("  no invariant violated")
     return "\n".join(out)
