@@ -55,12 +55,18 @@ def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: i
 @click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per mode.")
 @click.option("--mining-runs", default=5, show_default=True)
 @click.option("--mining-steps", default=200, show_default=True)
-def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mining_steps: int) -> None:
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch intra-op threads [default: torch's]; 1 gives steadier ratios on shared cores.")
+def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mining_steps: int,
+          threads: Optional[int]) -> None:
     """Print tracer overhead (infer and check mode vs untraced) and mining time, as ratios.
 
     SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
     records it, and traced as check evaluates it, interleaved; medians per step compared."""
     from invariants import bench as b
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     targets = list(scripts) or _single_process_references()
     if not targets:
         _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
