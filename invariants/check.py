@@ -81,6 +81,10 @@ class Checker:
                 self._by_var.setdefault((_second_phase(inv), inv.target[1]), []).append((inv, 1))
         self._latest: Dict[Tuple[str, str], Any] = {}
         self._trend: Dict[str, List[Any]] = {}
+        # Looked up once: feed runs at every observed step of the user's run.
+        self._classes = {inv.id: template_class(inv.template) for inv in self.active}
+        self._stepwise = {i for i, cls in self._classes.items() if getattr(cls, "STEPWISE", False)}
+        self._open_trends = [inv for inv in self.active if inv.template == "trend"]
 
     def feed(self, rows: Sequence[Row]) -> List[Violation]:
         """Evaluates every invariant these rows bear on; returns the new violations."""
@@ -116,9 +120,8 @@ class Checker:
         return new
 
     def _close_trends(self, new: List[Violation], final: bool = False) -> None:
-        for inv in self.active:
-            if inv.template != "trend" or inv.id in self.checked:
-                continue
+        still_open = []
+        for inv in self._open_trends:
             end = inv.when.steps[1]
             # At the end of the run a window that was mostly covered is decided too: a check
             # observes every 5th step, so its last observation comes before the window's end.
@@ -127,11 +130,14 @@ class Checker:
                                        inv.when.phase)
                 if found is not None:
                     new.append(found)
+            else:
+                still_open.append(inv)
+        self._open_trends = still_open
 
     def _evaluate(self, inv: Invariant, values: Tuple[Any, ...], step: int, phase: str) -> Optional[Violation]:
         self.checked.add(inv.id)
-        cls = template_class(inv.template)
-        ok = cls.holds(inv.expect, values, step) if getattr(cls, "STEPWISE", False) else cls.holds(inv.expect, values)
+        cls = self._classes[inv.id]
+        ok = cls.holds(inv.expect, values, step) if inv.id in self._stepwise else cls.holds(inv.expect, values)
         if ok:
             return None
         if inv.id in self.violations:
