@@ -30,11 +30,22 @@ WARMUP = 3  # first steps excluded: allocator and first-call effects
 
 @dataclass
 class StepTiming:
+    """Per-step times of each mode, kept per repeat: a ratio compares runs that ran next to
+    each other (a shared machine's speed drifts more between repeats than within one)."""
+
     script: str
-    medians: Dict[str, float]  # mode -> median seconds per step
+    repeats: List[Dict[str, List[float]]]  # per repeat: mode -> seconds per step
+
+    def median_step(self, mode: str) -> float:
+        return statistics.median(t for rep in self.repeats for t in rep[mode])
 
     def ratio(self, mode: str) -> float:
-        return self.medians[mode] / self.medians["plain"]
+        """Median over repeats of (median step of `mode` / median step untraced)."""
+        return statistics.median(statistics.median(r[mode]) / statistics.median(r["plain"]) for r in self.repeats)
+
+    def mean_ratio(self, mode: str) -> float:
+        """The same with mean steps: the observed steps' cost spread over all steps."""
+        return statistics.median(statistics.fmean(r[mode]) / statistics.fmean(r["plain"]) for r in self.repeats)
 
 
 @contextlib.contextmanager
@@ -53,28 +64,29 @@ def _step_clock(times: List[float], steps: int) -> Any:
 def _run(script: str, args: Sequence[str], steps: int, session: Optional[TraceSession]) -> List[float]:
     path = check_script(script)
     times: List[float] = []
-    with script_environment(path, args), reseeded(0), _step_clock(times, steps), \
-            contextlib.redirect_stdout(io.StringIO()):
-        if session is None:
-            _execute(path)
-        else:
-            with session:
-                _execute(path)
+    # The clock's post-step hook is registered after the session's, so a step's interval
+    # holds all of that step's tracer work (its flush and the checker's evaluation included).
+    with script_environment(path, args), reseeded(0), contextlib.redirect_stdout(io.StringIO()), \
+            (session if session is not None else contextlib.nullcontext()), _step_clock(times, steps):
+        _execute(path)
     return [b - a for a, b in zip(times[WARMUP:], times[WARMUP + 1:])]
 
 
 def step_overhead(script: str, args: Sequence[str] = (), steps: int = 40, repeats: int = 3,
                   invariants: Optional[InvariantSet] = None, progress: Callable[[str], None] = lambda s: None
                   ) -> StepTiming:
-    """Median per-step time of plain / infer-mode / check-mode runs, interleaved."""
-    samples: Dict[str, List[float]] = {"plain": [], "infer": [], "check": []}
+    """Per-step times of plain / infer-mode / check-mode runs, interleaved (the order of the
+    modes rotates from one repeat to the next)."""
+    modes = ["plain", "infer", "check"]
+    repeats_out: List[Dict[str, List[float]]] = []
     with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
         if invariants is None:
             rows: List[Any] = []
             _run(script, args, steps, TraceSession(TraceConfig(), rows.extend))
             invariants, _ = mine([rows])
         for rep in range(repeats):
-            for mode in ("plain", "infer", "check"):
+            times: Dict[str, List[float]] = {}
+            for mode in modes[rep % 3:] + modes[:rep % 3]:
                 progress(f"{script}: repeat {rep + 1}/{repeats}, {mode}")
                 session = None
                 if mode != "plain":
@@ -86,10 +98,14 @@ def step_overhead(script: str, args: Sequence[str] = (), steps: int = 40, repeat
                         sinks.append(Checker(invariants).feed)
                         cfg = TraceConfig(dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
                     session = TraceSession(cfg, lambda r, sinks=sinks: [s(r) for s in sinks])
-                samples[mode] += _run(script, args, steps, session)
+                times[mode] = _run(script, args, steps, session)
                 if session is not None:
                     writer.close()
-    return StepTiming(script, {m: statistics.median(v) for m, v in samples.items() if v})
+            if all(times.values()):
+                repeats_out.append(times)
+    if not repeats_out:
+        raise ValueError(f"{script}: fewer than {WARMUP + 2} optimizer steps, nothing to time")
+    return StepTiming(script, repeats_out)
 
 
 def mining_time(runs: int = 5, steps: int = 200, variables: int = 400) -> Dict[str, float]:

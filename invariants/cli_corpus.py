@@ -62,7 +62,10 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     """Print tracer overhead (infer and check mode vs untraced) and mining time, as ratios.
 
     SCRIPTS default to every corpus reference. Each script runs untraced, traced as infer
-    records it, and traced as check evaluates it, interleaved; medians per step compared."""
+    records it, and traced as check evaluates it, interleaved. `infer` and `check` compare
+    median step times (a typical step); the `mean` columns compare mean step times, which
+    spread the cost of the observed steps (and of evaluation passes) over all steps. Each
+    ratio is the median over repeats of the ratio within one repeat."""
     from invariants import bench as b
     if threads:
         import torch
@@ -71,14 +74,19 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     if not targets:
         _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
     from invariants import shapes as shapes_mod
-    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} {'static s':>9}")
+    click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} "
+               f"{'infer mean':>10} {'check mean':>10} {'static s':>9}")
     for script in targets:
-        t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+        try:
+            t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+        except ValueError as e:
+            _fail(str(e), Exit.BAD_INPUT)
         with contextlib.redirect_stdout(io.StringIO()):
             static = shapes_mod.run(script, [])
         seconds = f"{static.report.seconds:.2f}" if static.report else "-"
-        click.echo(f"{_short(script):<40} {1000 * t.medians['plain']:>13.2f} "
-                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x {seconds:>9}")
+        click.echo(f"{_short(script):<40} {1000 * t.median_step('plain'):>13.2f} "
+                   f"{t.ratio('infer'):>7.2f}x {t.ratio('check'):>7.2f}x "
+                   f"{t.mean_ratio('infer'):>9.2f}x {t.mean_ratio('check'):>9.2f}x {seconds:>9}")
     m = b.mining_time(mining_runs, mining_steps)
     click.echo(f"mining {mining_runs} runs x {mining_steps} steps ({int(m['observations'])} observations): "
                f"{m['seconds']:.2f} s, {int(m['invariants'])} invariants")

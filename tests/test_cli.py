@@ -342,3 +342,16 @@ def test_unchecked_reasons_and_verdicts_from_data() -> None:
     assert not most.failed and "4 of 5 error-level" in most.coverage_warning
     assert "another pipeline (learned from ref/train.py)" in render_text(most)
     assert report(4, 5, 2).coverage_warning is None
+
+
+def test_bench_prints_ratios_and_rejects_a_script_too_short_to_time(tmp_path: Path) -> None:
+    from invariants.bench import step_overhead
+    t = step_overhead(str(SCRIPTS / "plain_train.py"), ["--epochs", "1"], steps=10, repeats=2)
+    assert len(t.repeats) == 2 and t.median_step("plain") > 0
+    assert all(0 < t.ratio(m) < 20 and 0 < t.mean_ratio(m) < 20 for m in ("infer", "check"))
+    short = tmp_path / "two_steps.py"
+    short.write_text("import torch\nm = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+                     "for _ in range(2):\n    opt.zero_grad(); m(torch.ones(4, 2)).sum().backward(); opt.step()\n")
+    res = run_invar("bench", str(short), "--repeats", "1", "--mining-runs", "1", "--mining-steps", "5")
+    assert res.returncode == 2, res.stderr
+    assert "fewer than 5 optimizer steps" in res.stderr
