@@ -2,6 +2,7 @@
 what docs/observations.md promises."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -199,21 +200,51 @@ def test_training_in_eval_mode_is_recorded_as_training() -> None:
     assert len(_values(rows, "loss.value")) == 3
 
 
-def test_eval_forward_with_gradients_stays_eval() -> None:
-    from tracer.session import TraceSession
-    model, rows = _FunctionalNet(), []
-    with TraceSession(TraceConfig(), rows.extend):
+def _train_then_evaluate(model: torch.nn.Module, session, steps: int, no_grad: bool) -> None:
+    """Training steps on batches of 16, each followed by an evaluation on 8, no loaders."""
+    with session:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(2):
+        for _ in range(steps):
             model.train()
             opt.zero_grad()
             model(torch.randn(16, 4)).sum().backward()
             opt.step()
             model.eval()
-            model(torch.randn(8, 4))  # an evaluation without torch.no_grad()
+            with torch.no_grad() if no_grad else contextlib.nullcontext():
+                model(torch.randn(8, 4))
+
+
+def test_eval_forward_with_gradients_stays_eval() -> None:
+    from tracer.session import TraceSession
+    model, rows = _FunctionalNet(), []
+    _train_then_evaluate(model, TraceSession(TraceConfig(), rows.extend), 2, no_grad=False)
     assert _values(rows, "input.batch") == [16.0, 16.0]
     assert _values(rows, "input.batch", "eval") == [8.0, 8.0]
 
+
+def test_module_hooks_are_lifted_only_for_unobserved_training_steps() -> None:
+    # Every module call is slower while a global module hook exists, so an unobserved
+    # training step runs without them; what follows its optimizer step (an evaluation
+    # without a loader, at a step nobody samples) is still observed.
+    import torch.nn.modules.module as module_mod
+    from tracer.session import TraceSession
+    hooked: list = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hooked.append((session.step, torch.is_grad_enabled(), bool(module_mod._global_forward_hooks)))
+            return super().forward(x)
+
+    model, rows = torch.nn.Sequential(Probe(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), []
+    session = TraceSession(TraceConfig(dense_steps=2, sample_every=3), rows.extend)
+    _train_then_evaluate(model, session, 5, no_grad=True)
+    # steps 0, 1 and 3 are observed; every evaluation is (the graph capture at step 0 aside)
+    training = {step: on for step, grad, on in hooked if grad}
+    assert training == {0: True, 1: True, 2: False, 3: True, 4: False}
+    assert all(on for _, grad, on in hooked if not grad)
+    assert _values(rows, "input.batch") == [16.0, 16.0, 16.0]
+    assert _values(rows, "input.batch", "eval") == [8.0] * 5
+    assert not module_mod._global_forward_hooks and not module_mod._global_forward_pre_hooks
 
 class _TwoHeads(torch.nn.Module):
     """An autoencoder with a classifier: the output tuple's first element is not the logits."""

@@ -68,6 +68,9 @@ class ParameterObserver:
                 self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
                                   [b for b, _ in snap])
 
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
     def after_step(self, p: Pending, step: int) -> None:
         """‖Δw‖/‖w‖ per block, from the copy taken before the step (if any)."""
         if self._snapshot is None:

@@ -61,6 +61,7 @@ class TraceConfig:
     block_depth: int = 1      # module levels below the root that form blocks
     activations: bool = True  # dead-unit fraction and range per activation module
     detail_every: int = 5     # activation and update-ratio statistics every N-th observed step
+    lift_hooks: bool = True   # no module hooks during unobserved training steps (faster)
 
 
 class TraceSession:
@@ -110,6 +111,11 @@ class TraceSession:
         self._in_root = False
         self._dropouts_applied = 0
         self._depth = 0
+        # The global module hooks are lifted for the forward and backward of a training step
+        # that is not observed (every module call is slower while any global hook exists) and
+        # put back at the next optimizer step, batch or loader pass (see _pause_module_hooks).
+        self._module_hooks: Optional[Tuple[Any, Any]] = None
+        self._pause_requested = False
         self._recording: Optional[str] = None  # phase of the root call being recorded
         self._phase = "train"
         self._seen_this_step: Set[Tuple[str, str]] = set()
@@ -127,9 +133,8 @@ class TraceSession:
     # -- installation -----------------------------------------------------------------
     def __enter__(self) -> "TraceSession":
         s = contextlib.ExitStack()
-        mod = torch.nn.modules.module
-        s.callback(mod.register_module_forward_pre_hook(self._pre_forward).remove)
-        s.callback(mod.register_module_forward_hook(self._post_forward, always_call=True).remove)
+        self._resume_module_hooks()
+        s.callback(self._pause_module_hooks)
         opt = optimizer_module
         s.callback(opt.register_optimizer_step_pre_hook(self._pre_step).remove)
         s.callback(opt.register_optimizer_step_post_hook(self._post_step).remove)
@@ -157,12 +162,16 @@ class TraceSession:
             def __iter__(self_: Any) -> Any:
                 it = original(self_)
                 session._guard("loader", session._loader_iterated, self_, it)
+                if session._stack is not None:
+                    session._resume_module_hooks()  # a new pass (often evaluation) is observed
                 return it
             return __iter__
 
         def iter_next(original: Callable[..., Any]) -> Callable[..., Any]:
             def __next__(self_: Any) -> Any:
                 session._data.current_id = getattr(self_, "_invar_loader", session._data.current_id)
+                if session._module_hooks is None and session._stack is not None:
+                    session._resume_module_hooks()
                 return original(self_)
             return __next__
 
@@ -236,6 +245,8 @@ class TraceSession:
         return self.config.detail_every <= 1 or step % self.config.detail_every == 0
 
     def flush(self) -> None:
+        if self._pending.empty() and self._provisional.empty():
+            return  # an unobserved step
         self._pending.absorb(self._provisional)
         rows = self._pending.resolve()
         if rows:
@@ -260,6 +271,21 @@ class TraceSession:
         return False
 
     # -- forward hooks ----------------------------------------------------------------
+    def _resume_module_hooks(self) -> None:
+        if self._module_hooks is None:
+            mod = torch.nn.modules.module
+            self._module_hooks = (mod.register_module_forward_pre_hook(self._pre_forward),
+                                  mod.register_module_forward_hook(self._post_forward, always_call=True))
+
+    def _pause_module_hooks(self) -> None:
+        """Removes the global module hooks. Called at the root's call, so the root's own
+        forward hook will not run: the state it would reset is reset here."""
+        if self._module_hooks is not None:
+            for handle in self._module_hooks:
+                handle.remove()
+            self._module_hooks = None
+        self._depth, self._in_root, self._mstack, self._recording = 0, False, [], None
+
     def _pre_forward(self, module: nn.Module, args: tuple) -> None:
         if self._quiet:
             return
@@ -279,6 +305,9 @@ class TraceSession:
                 for ext in self.extensions:  # optional: extensions that watch the model input
                     if hasattr(ext, "on_input"):
                         self._guard(ext.name, ext.on_input, self, module, args)
+                if self._pause_requested:
+                    self._pause_requested = False
+                    self._pause_module_hooks()
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._quiet:
@@ -330,6 +359,8 @@ class TraceSession:
             self._module_calls = []
         if phase == "train":
             if not self.observed(self.step) or ("train", "input") in self._seen_this_step:
+                # Nothing of this forward is recorded: no module hooks until the next step.
+                self._pause_requested = self.config.lift_hooks and self._module_calls is None
                 return
         else:
             if self._eval_seen >= self.config.eval_batches:
@@ -514,9 +545,12 @@ class TraceSession:
         return self._primary() is optimizer
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._stack is not None:
+            self._resume_module_hooks()  # whatever follows the step (evaluation) is observed
         if self._quiet or not self._is_primary(optimizer):
             return
-        self._guard("input", self._decide_provisional)
+        if not self._provisional.empty():
+            self._guard("input", self._decide_provisional)
         if self.observed(self.step):
             if self.step > 0:  # zero_grad() may come before or after the forward, not at step 0
                 self._pending.value(self.step, "train", "optim.zero_grad_calls", self._zero_grad_calls)
@@ -539,7 +573,8 @@ class TraceSession:
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._quiet or not self._is_primary(optimizer):
             return
-        self._guard("update", self._params.after_step, self._pending, self.step)
+        if self._params.has_snapshot():
+            self._guard("update", self._params.after_step, self._pending, self.step)
         now = time.perf_counter()
         self._step_times.append(now - self._step_started)
         if self.observed(self.step):
