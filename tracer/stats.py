@@ -75,7 +75,8 @@ def input_stats(x: torch.Tensor) -> Optional[Stats]:
             names += [f"c{c}.mean", f"c{c}.std"]
         head = torch.stack([mean, std, lo, hi, unit.float()])
         return names, torch.cat([head, torch.stack([ch_mean, ch_std], dim=1).reshape(-1)])
-    mean, std = _mean_std(xf)
+    mean = xf.mean()
+    std = (torch.sub(xf, mean, out=scratch).square_().sum() / (n - 1)).sqrt() if n > 1 else xf.new_zeros(())
     return names, torch.stack([mean, std, lo, hi, unit.float()])
 
 
