@@ -140,18 +140,26 @@ def test_runs_and_show(store: Path) -> None:
 
 
 def test_store_accepts_concurrent_writers(tmp_path: Path) -> None:
+    # The writers open the new store at the same instant (as the ranks of a torchrun launch
+    # do): the switch to WAL mode is contended, and SQLite does not wait for it by itself.
+    import time
     code = (
-        "import sys; from tracer.store import Store\n"
+        "import sys, time; from tracer.store import Store\n"
+        "while time.time() < float(sys.argv[3]): pass\n"
         "s = Store(sys.argv[1]); rid = s.new_run('x.py', [], label=sys.argv[2])\n"
         "for k in range(20): s.add_observations(rid, [(k, 'train', 'v', float(i), None) for i in range(50)])\n"
         "s.finish_run(rid, 'complete', 20)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "st"), str(i)],
-                              cwd=Path(__file__).resolve().parents[1]) for i in range(4)]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-    with Store(tmp_path / "st") as s:
-        runs = s.runs()
-        assert len(runs) == 4
-        assert all(s.observation_count(r.id) == 1000 for r in runs)
+    for round_ in range(3):
+        store, start = tmp_path / f"st{round_}", time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(store), str(i), str(start)],
+                                  cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
+                 for i in range(6)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+        with Store(store) as s:
+            runs = s.runs()
+            assert len(runs) == 6
+            assert all(s.observation_count(r.id) == 1000 for r in runs)
 
 
 class _FunctionalNet(torch.nn.Module):

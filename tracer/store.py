@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
 import uuid
@@ -17,6 +18,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 SCHEMA_VERSION = 1
 DEFAULT_DIR = ".invar"
 DB_NAME = "traces.sqlite"
+SETUP_WAIT_S = 30.0  # how long an opening waits for other processes setting the store up
+_JITTER = random.Random()  # its own generator: the traced script's `random` stream is never drawn from
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,17 +99,31 @@ class Store:
                 self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
                                            timeout=30.0, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout = 30000")
-            if create:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = NORMAL")
-                self._db.executescript(_SCHEMA)
-            self._check_schema(create)
+            self._set_up(create)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"store {self.path} is not a usable SQLite database ({e}); "
                              f"move it away or pass --store to use another directory", "corrupt") from e
         except OSError as e:
             raise StoreError(f"cannot create or write the store at {self.directory}: "
                              f"{e.strerror or e}; pass --store DIR with a writable directory") from e
+
+    def _set_up(self, create: bool) -> None:
+        """WAL mode, the schema and its version. Several processes opening a new store at
+        once (the ranks of a torchrun launch) race for the switch to WAL, for which SQLite
+        answers `database is locked` at once instead of waiting: that is retried."""
+        deadline = time.monotonic() + SETUP_WAIT_S
+        while True:
+            try:
+                if create:
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+                    self._db.executescript(_SCHEMA)
+                self._check_schema(create)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + 0.08 * _JITTER.random())
 
     def _check_schema(self, create: bool = True) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
