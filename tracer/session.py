@@ -115,7 +115,6 @@ class TraceSession:
         # that is not observed (every module call is slower while any global hook exists) and
         # put back at the next optimizer step, batch or loader pass (see _pause_module_hooks).
         self._module_hooks: Optional[Tuple[Any, Any]] = None
-        self._pause_requested = False
         self._recording: Optional[str] = None  # phase of the root call being recorded
         self._phase = "train"
         self._seen_this_step: Set[Tuple[str, str]] = set()
@@ -162,15 +161,14 @@ class TraceSession:
             def __iter__(self_: Any) -> Any:
                 it = original(self_)
                 session._guard("loader", session._loader_iterated, self_, it)
-                if session._stack is not None:
-                    session._resume_module_hooks()  # a new pass (often evaluation) is observed
+                session._resume_module_hooks()  # a new pass (often evaluation) is observed
                 return it
             return __iter__
 
         def iter_next(original: Callable[..., Any]) -> Callable[..., Any]:
             def __next__(self_: Any) -> Any:
                 session._data.current_id = getattr(self_, "_invar_loader", session._data.current_id)
-                if session._module_hooks is None and session._stack is not None:
+                if session._module_hooks is None:
                     session._resume_module_hooks()
                 return original(self_)
             return __next__
@@ -278,8 +276,9 @@ class TraceSession:
                                   mod.register_module_forward_hook(self._post_forward, always_call=True))
 
     def _pause_module_hooks(self) -> None:
-        """Removes the global module hooks. Called at the root's call, so the root's own
-        forward hook will not run: the state it would reset is reset here."""
+        """Removes the global module hooks. Called at the root's call (and at the end of the
+        session), so the root's own forward hook will not run: the state it would reset is
+        reset here."""
         if self._module_hooks is not None:
             for handle in self._module_hooks:
                 handle.remove()
@@ -305,9 +304,6 @@ class TraceSession:
                 for ext in self.extensions:  # optional: extensions that watch the model input
                     if hasattr(ext, "on_input"):
                         self._guard(ext.name, ext.on_input, self, module, args)
-                if self._pause_requested:
-                    self._pause_requested = False
-                    self._pause_module_hooks()
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._quiet:
@@ -360,7 +356,8 @@ class TraceSession:
         if phase == "train":
             if not self.observed(self.step) or ("train", "input") in self._seen_this_step:
                 # Nothing of this forward is recorded: no module hooks until the next step.
-                self._pause_requested = self.config.lift_hooks and self._module_calls is None
+                if self.config.lift_hooks and self._module_calls is None:
+                    self._pause_module_hooks()
                 return
         else:
             if self._eval_seen >= self.config.eval_batches:
@@ -545,8 +542,7 @@ class TraceSession:
         return self._primary() is optimizer
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._stack is not None:
-            self._resume_module_hooks()  # whatever follows the step (evaluation) is observed
+        self._resume_module_hooks()  # whatever follows the step (evaluation) is observed
         if self._quiet or not self._is_primary(optimizer):
             return
         if not self._provisional.empty():

@@ -38,13 +38,14 @@ def dtype_text(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _mean_std(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(x: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased std of all elements, in two passes (on CPU `torch.std_mean` is
-    about ten times slower than a mean and a sum of squared deviations)."""
+    about ten times slower than a mean and a sum of squared deviations); the deviations go
+    to `scratch` when given (a buffer shaped like `x`)."""
     m = x.mean()
     if x.numel() < 2:
         return m, x.new_zeros(())
-    return m, ((x - m).square_().sum() / (x.numel() - 1)).sqrt()
+    return m, (torch.sub(x, m, out=scratch).square_().sum() / (x.numel() - 1)).sqrt()
 
 
 @torch.no_grad()
@@ -75,8 +76,7 @@ def input_stats(x: torch.Tensor) -> Optional[Stats]:
             names += [f"c{c}.mean", f"c{c}.std"]
         head = torch.stack([mean, std, lo, hi, unit.float()])
         return names, torch.cat([head, torch.stack([ch_mean, ch_std], dim=1).reshape(-1)])
-    mean = xf.mean()
-    std = (torch.sub(xf, mean, out=scratch).square_().sum() / (n - 1)).sqrt() if n > 1 else xf.new_zeros(())
+    mean, std = _mean_std(xf, scratch)
     return names, torch.stack([mean, std, lo, hi, unit.float()])
 
 
