@@ -1,8 +1,8 @@
 """The corpus cases and their `case.yaml` contract (docs/corpus.md).
 
-`validate` lists every way a case folder breaks the contract (the fast test and the
-verifier use it); `style_problems` lists departures from the corpus's writing rules
-(a `# BUG:`/`# OK:` comment on the changed line, `def main(argv=None)`). The optional
+`case_dirs` finds the case folders of a corpus (this one, or any laid out like it: `invar
+eval DIR` reads them through it); `validate` lists every way a case folder breaks the
+contract (the fast test and the verifier use it). The optional
 `measure` list of a bug variant names the symptom measurements `corpus.verify` performs
 (corpus/README.md); `invar eval` does not read it.
 """
@@ -48,9 +48,10 @@ BUG_REQUIRED = ("root_cause", "why_silent", "symptom", "severity", "expect")
 FORBIDDEN_IMPORT = re.compile(r"^\s*(from|import)\s+(tracer|invariants|solver)\b", re.M)
 
 
-def case_dirs(names: List[str] | None = None) -> List[Path]:
-    """Case folders (those with a case.yaml), sorted; `names` selects some by folder name."""
-    found = sorted(p.parent for p in CORPUS.glob("*/case.yaml"))
+def case_dirs(names: List[str] | None = None, root: Path = CORPUS) -> List[Path]:
+    """Case folders of the corpus at `root` (those with a case.yaml), sorted; `names`
+    selects some by folder name."""
+    found = sorted(p.parent for p in Path(root).glob("*/case.yaml"))
     if not names:
         return found
     by_name = {p.name: p for p in found}
@@ -175,21 +176,3 @@ def _script_errors(case: Path, name: str) -> List[str]:
     if "SEED" not in seeding or "manual_seed" not in seeding:
         errors.append(f"{name} does not seed itself from the SEED environment variable")
     return errors
-
-
-def style_problems(case: Path) -> List[str]:
-    """Departures from the corpus's writing rules (not part of the docs/corpus.md contract)."""
-    meta = load(case)
-    problems = []
-    for name in scripts(meta):
-        path = case / name
-        if not path.is_file():
-            continue
-        text = path.read_text()
-        if not re.search(r"^def main\(argv=None\)", text, re.M):
-            problems.append(f"{case.name}/{name}: main's signature is not `main(argv=None)`")
-        if name.startswith(("bug_", "ok_")):
-            marker = "# BUG:" if name.startswith("bug_") else "# OK:"
-            if marker not in text:
-                problems.append(f"{case.name}/{name}: no `{marker}` comment on its changed line")
-    return problems

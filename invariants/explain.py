@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Sequence
 
 import networkx as nx
 
-from invariants.check import SEVERITY_RANK, Violation
+from invariants.check import Violation
+from invariants.model import SEVERITY_RANK
 
-EFFECTS = ("gradients", "updates", "loss_trend", "output_scale", "cost", "dead_units", "labels")
 CAUSAL_EDGES = {
     "frozen": ("no_gradient", "not_in_optimizer", "gradients", "updates", "loss_trend", "output_scale"),
     "not_in_optimizer": ("updates", "loss_trend", "gradients", "output_scale"),

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Tuple, Union
 import yaml
 
 from invariants import registry
+from invariants.errors import InvarError
 from invariants.model import (ENTRY_KEYS, PHASES, SCHEMA_VERSION, SEVERITIES, STATUSES, Invariant,
                               InvariantSet, Support, When)
 
@@ -37,7 +38,7 @@ _MISSING_HINTS = {
 }
 
 
-class InvariantFileError(Exception):
+class InvariantFileError(InvarError):
     """A malformed invariant file (or an invariant set that cannot be written).
 
     `path` is the file, `entry` the invariant (`invariants[3] (id range:input.mean@train)`)

@@ -11,6 +11,13 @@ SCHEMA_VERSION = 1
 
 PHASES = ("train", "eval", "any")
 SEVERITIES = ("error", "warning")
+SEVERITY_RANK = {"warning": 1, "error": 2}  # higher is more severe
+
+
+def at_least(severity: str, level: str) -> bool:
+    """Whether `severity` is `level` or more severe (an unknown severity is neither)."""
+    return SEVERITY_RANK.get(severity, 0) >= SEVERITY_RANK[level]
+
 STATUSES = ("proposed", "accepted", "disabled")
 # The fixed order of an entry's keys in a written file.
 ENTRY_KEYS = ("id", "template", "target", "expect", "when", "severity", "status", "locus",

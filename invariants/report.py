@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
-if TYPE_CHECKING:  # annotations only: `invar runs` imports this module without the checker
-    from invariants.check import Violation
-    from invariants.explain import Cause
+from invariants.check import Violation, target_phases
+from invariants.registry import template
+
+if TYPE_CHECKING:
+    from invariants.explain import Cause  # explain imports networkx: only the checks that explain need it
     from invariants.model import Invariant, InvariantSet
 
 # Why an active invariant was never evaluated (`unchecked`), in the order reports list them.
@@ -43,13 +45,8 @@ def unchecked(invariants: "InvariantSet", checked: Collection[str], seen: Covera
     """Why each active invariant outside `checked` was not evaluated, from what the run
     observed (`seen`): its variable never appeared in its phase, the run ended before its
     step window, or the variable appeared only outside that window."""
-    from invariants.check import _second_phase  # which phase a relation's second target is read in
     last = max((hi for _, hi in seen.values()), default=-1)
-    out = []
-    for inv in invariants.active():
-        if inv.id not in checked:
-            out.append(_why_unchecked(inv, seen, last, _second_phase(inv) if len(inv.target) == 2 else None))
-    return out
+    return [_why_unchecked(inv, seen, last) for inv in invariants.active() if inv.id not in checked]
 
 
 def _span(seen: Coverage, phase: str, variable: str) -> Optional[Tuple[int, int]]:
@@ -58,19 +55,18 @@ def _span(seen: Coverage, phase: str, variable: str) -> Optional[Tuple[int, int]
     return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
 
 
-def _why_unchecked(inv: "Invariant", seen: Coverage, last: int, second_phase: Optional[str]) -> Unchecked:
+def _why_unchecked(inv: "Invariant", seen: Coverage, last: int) -> Unchecked:
     def why(reason: str, detail: str) -> Unchecked:
         return Unchecked(inv.id, inv.severity, reason, detail)
 
     phase, (lo, hi) = inv.when.phase, inv.when.steps
-    wanted = [(phase, inv.target[0])] + ([(second_phase, inv.target[1])] if second_phase else [])
-    for ph, var in wanted:
+    for ph, var in zip(target_phases(inv), inv.target):
         if _span(seen, ph, var) is None:
             where = "train or eval" if ph == "any" else ph
             return why(NEVER_OBSERVED, f"{var} was never observed in {where}")
     first, final = _span(seen, phase, inv.target[0])  # type: ignore[misc]
     window = f"steps {lo}-{'end' if hi is None else hi}"
-    if inv.template == "trend" and hi is not None:
+    if template(inv.template).WINDOWED and hi is not None:
         return why(WINDOW_NOT_REACHED, f"decided at step {hi}; the run's last observation is at step {last}")
     if final < lo:
         return why(WINDOW_NOT_REACHED, f"applies to {window}; {inv.target[0]} was last observed at step {final}")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-# kinds: how a variable is mined
+# kinds: how a variable is mined (the candidates of each: policy.CANDIDATES)
 #   category  - text: constant, else one-of
 #   structure - number that should not change: constant
 #   fraction  - per-block fraction: all/none, else constant
@@ -32,91 +32,111 @@ class Kind:
     severity: str  # of the invariants mined for it; "scale" also adds an error magnitude
 
 
-_RULES: Tuple[Tuple[str, Kind], ...] = (
-    (r"input\.shape", Kind("category", "input_size", "error")),
-    (r"input\.side", Kind("structure", "input_size", "error")),
-    (r"input\.dtype", Kind("category", "input_scale", "error")),
-    (r"input\.batch", Kind("scale", "batch_size", "warning")),
-    (r"input\.(mean|std|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
+# (pattern, phase or None for any, kind); the first match wins.
+_RULES: Tuple[Tuple[str, Optional[str], Kind], ...] = (
+    # dropout settings while training are configuration; in evaluation, a mode bug
+    (r"model\.(dropout_active|dropout_applied)", "train", Kind("structure", "eval_mode", "warning")),
+    (r"input\.shape", None, Kind("category", "input_size", "error")),
+    (r"input\.side", None, Kind("structure", "input_size", "error")),
+    (r"input\.dtype", None, Kind("category", "input_scale", "error")),
+    (r"input\.batch", None, Kind("scale", "batch_size", "warning")),
+    (r"input\.(mean|std|unit_fraction|c\d+\.(mean|std))", None, Kind("stat", "input_scale", "error")),
     # extremes hinge on single outlier values of a batch: drift, not structure
-    (r"input\.(min|max)", Kind("stat", "input_scale", "warning")),
-    (r"label\.shape", Kind("category", "labels", "error")),
-    (r"label\.(min|max|distinct)", Kind("skip", "labels", "warning")),
-    (r"label\.mix", Kind("stat", "data_order", "error")),
-    (r"label\.classes_seen", Kind("skip", "labels", "error")),
-    (r"loss\.class_width", Kind("structure", "output_width", "error")),
-    (r"loss\.probabilities", Kind("structure", "output_scale", "error")),
-    (r"output\.shape", Kind("category", "output_width", "error")),
-    (r"output\.width", Kind("structure", "output_width", "error")),
-    (r"output\.rows_sum_to_one", Kind("structure", "output_scale", "error")),
-    (r"output\.mean", Kind("stat", "output_scale", "warning")),
-    (r"output\.(std|absmax)", Kind("scale", "output_scale", "warning")),
+    (r"input\.(min|max)", None, Kind("stat", "input_scale", "warning")),
+    (r"label\.shape", None, Kind("category", "labels", "error")),
+    (r"label\.(min|max|distinct)", None, Kind("skip", "labels", "warning")),
+    (r"label\.mix", None, Kind("stat", "data_order", "error")),
+    (r"label\.classes_seen", None, Kind("skip", "labels", "error")),
+    (r"loss\.class_width", None, Kind("structure", "output_width", "error")),
+    (r"loss\.probabilities", None, Kind("structure", "output_scale", "error")),
+    (r"output\.shape", None, Kind("category", "output_width", "error")),
+    (r"output\.width", None, Kind("structure", "output_width", "error")),
+    (r"output\.rows_sum_to_one", None, Kind("structure", "output_scale", "error")),
+    (r"output\.mean", None, Kind("stat", "output_scale", "warning")),
+    (r"output\.(std|absmax)", None, Kind("scale", "output_scale", "warning")),
     # a proxy: a valid reshape changes it; loss.broadcast is the error-level fact
-    (r"loss\.input_shapes", Kind("category", "loss_broadcast", "warning")),
-    (r"loss\.broadcast", Kind("structure", "loss_broadcast", "error")),
-    (r"loss\.value", Kind("trend", "loss_trend", "warning")),
-    (r"model\.(training|dropout_active|dropout_applied)", Kind("structure", "eval_mode", "error")),
-    (r"model\.train_mode_fraction", Kind("fraction", "eval_mode", "error")),
-    (r"block\..+\.params", Kind("structure", "architecture", "error")),
-    (r"block\..+\.trainable_fraction", Kind("fraction", "frozen", "error")),
-    (r"block\..+\.in_optimizer_fraction", Kind("fraction", "not_in_optimizer", "error")),
-    (r"block\..+\.no_grad_fraction", Kind("fraction", "no_gradient", "error")),
-    (r"block\..+\.grad_norm", Kind("scale", "gradients", "warning")),
-    (r"block\..+\.update_ratio", Kind("scale", "updates", "warning")),
-    (r"act\..+\.dead_fraction", Kind("bounded", "dead_units", "error")),
-    (r"act\..+\.(min|max)", Kind("skip", "activations", "warning")),
-    (r"optim\.type", Kind("category", "optimizer", "warning")),
-    (r"optim\.groups", Kind("structure", "optimizer", "warning")),
-    (r"optim\.(lr_max|g\d+\.lr)", Kind("scale", "learning_rate", "warning")),
-    (r"optim\.lr_fraction_of_peak", Kind("decay", "learning_rate", "error")),
-    (r"optim\.zero_grad_calls", Kind("at_least", "stale_gradients", "error")),
+    (r"loss\.input_shapes", None, Kind("category", "loss_broadcast", "warning")),
+    (r"loss\.broadcast", None, Kind("structure", "loss_broadcast", "error")),
+    (r"loss\.value", None, Kind("trend", "loss_trend", "warning")),
+    (r"model\.(training|dropout_active|dropout_applied)", None, Kind("structure", "eval_mode", "error")),
+    (r"model\.train_mode_fraction", None, Kind("fraction", "eval_mode", "error")),
+    (r"block\..+\.params", None, Kind("structure", "architecture", "error")),
+    (r"block\..+\.trainable_fraction", None, Kind("fraction", "frozen", "error")),
+    (r"block\..+\.in_optimizer_fraction", None, Kind("fraction", "not_in_optimizer", "error")),
+    (r"block\..+\.no_grad_fraction", None, Kind("fraction", "no_gradient", "error")),
+    (r"block\..+\.grad_norm", None, Kind("scale", "gradients", "warning")),
+    (r"block\..+\.update_ratio", None, Kind("scale", "updates", "warning")),
+    (r"act\..+\.dead_fraction", None, Kind("bounded", "dead_units", "error")),
+    (r"act\..+\.(min|max)", None, Kind("skip", "activations", "warning")),
+    (r"optim\.type", None, Kind("category", "optimizer", "warning")),
+    (r"optim\.groups", None, Kind("structure", "optimizer", "warning")),
+    (r"optim\.(lr_max|g\d+\.lr)", None, Kind("scale", "learning_rate", "warning")),
+    (r"optim\.lr_fraction_of_peak", None, Kind("decay", "learning_rate", "error")),
+    (r"optim\.zero_grad_calls", None, Kind("at_least", "stale_gradients", "error")),
     # momentum, betas, weight decay, eps ... per group: configuration (a schedule that
     # cycles them falsifies the constant, leaving nothing mined)
-    (r"optim\.g\d+\..+", Kind("category", "optimizer", "warning")),
-    (r"loader\.(train|eval)\.batch_size", Kind("scale", "batch_size", "warning")),
-    (r"data\.overlap", Kind("disjoint", "leakage", "error")),
-    (r"data\.overlap_fraction", Kind("skip", "leakage", "error")),
-    (r"data\.(train|eval)\.(mean|std|unit_fraction|c\d+\.(mean|std))", Kind("stat", "input_scale", "error")),
-    (r"data\.eval\.(c\d+\.)?(shift|std_ratio)", Kind("stat", "input_scale", "error")),
-    (r"data\.(train|eval)\.(min|max)", Kind("skip", "input_scale", "error")),
-    (r"data\.(train|eval)\.(label_max|classes)", Kind("skip", "labels", "error")),
-    (r"step\.time", Kind("scale", "cost", "warning")),
-    (r"step\.peak_mem", Kind("skip", "cost", "warning")),
-    (r"tracer\..+", Kind("skip", "tracer", "warning")),
+    (r"optim\.g\d+\..+", None, Kind("category", "optimizer", "warning")),
+    (r"loader\.(train|eval)\.batch_size", None, Kind("scale", "batch_size", "warning")),
+    (r"data\.overlap", None, Kind("disjoint", "leakage", "error")),
+    (r"data\.overlap_fraction", None, Kind("skip", "leakage", "error")),
+    (r"data\.(train|eval)\.(mean|std|unit_fraction|c\d+\.(mean|std))", None, Kind("stat", "input_scale", "error")),
+    (r"data\.eval\.(c\d+\.)?(shift|std_ratio)", None, Kind("stat", "input_scale", "error")),
+    (r"data\.(train|eval)\.(min|max)", None, Kind("skip", "input_scale", "error")),
+    (r"data\.(train|eval)\.(label_max|classes)", None, Kind("skip", "labels", "error")),
+    (r"step\.time", None, Kind("scale", "cost", "warning")),
+    (r"step\.peak_mem", None, Kind("skip", "cost", "warning")),
+    (r"tracer\..+", None, Kind("skip", "tracer", "warning")),
     # The static phase (solver/), computed at the root model's first call:
-    (r"static\.output_polymorphic", Kind("structure", "output_width", "error")),
-    (r"static\.prepool_map", Kind("category", "input_size", "error")),
-    (r"static\.(flops|activation_bytes)_per_sample", Kind("scale", "cost", "warning")),
+    (r"static\.output_polymorphic", None, Kind("structure", "output_width", "error")),
+    (r"static\.prepool_map", None, Kind("category", "input_size", "error")),
+    (r"static\.(flops|activation_bytes)_per_sample", None, Kind("scale", "cost", "warning")),
     # Cross-rank comparisons of distributed runs (tracer/distributed.py, docs/distributed.md):
-    (r"dist\..+\.ranks", Kind("skip", "replica_divergence", "error")),
-    (r"dist\.world_size", Kind("structure", "rank_config_mismatch", "warning")),
-    (r"dist\.(step_mismatch|layout_mismatch)", Kind("structure", "rank_config_mismatch", "error")),
-    (r"dist\.(lr_divergence|batch_size_divergence)", Kind("stat", "rank_config_mismatch", "error")),
-    (r"dist\.(batch_overlap|shared_samples)", Kind("disjoint", "duplicate_shards", "error")),
-    (r"dist\.block\..+\.param_divergence", Kind("stat", "replica_divergence", "error")),
-    (r"dist\.block\..+\.grad_divergence", Kind("stat", "unsynced_gradients", "error")),
+    (r"dist\..+\.ranks", None, Kind("skip", "replica_divergence", "error")),
+    (r"dist\.world_size", None, Kind("structure", "rank_config_mismatch", "warning")),
+    (r"dist\.(step_mismatch|layout_mismatch)", None, Kind("structure", "rank_config_mismatch", "error")),
+    (r"dist\.(lr_divergence|batch_size_divergence)", None, Kind("stat", "rank_config_mismatch", "error")),
+    (r"dist\.(batch_overlap|shared_samples)", None, Kind("disjoint", "duplicate_shards", "error")),
+    (r"dist\.block\..+\.param_divergence", None, Kind("stat", "replica_divergence", "error")),
+    (r"dist\.block\..+\.grad_divergence", None, Kind("stat", "unsynced_gradients", "error")),
 )
-_COMPILED = tuple((re.compile(p + r"\Z"), k) for p, k in _RULES)
+_COMPILED = tuple((re.compile(p + r"\Z"), phase, k) for p, phase, k in _RULES)
 UNKNOWN = Kind("skip", "other", "warning")
 
 # Families whose eval-phase observations mean "eval data differs from training data".
 EVAL_INPUT_FAMILIES = {"input_scale", "input_size"}
 
 
-def kind_of(variable: str) -> Kind:
-    """The rule for a variable name (UNKNOWN: recorded but not mined)."""
-    for pattern, kind in _COMPILED:
-        if pattern.match(variable):
+def kind_of(variable: str, phase: Optional[str] = None) -> Kind:
+    """The rule for a variable name observed in `phase` (UNKNOWN: recorded but not mined)."""
+    for pattern, only, kind in _COMPILED:
+        if (only is None or only == phase) and pattern.match(variable):
             return kind
     return UNKNOWN
 
 
 def family_of(variable: str, phase: str) -> str:
     """The cause family a violation on this variable points to."""
-    fam = kind_of(variable).family
+    fam = kind_of(variable, phase).family
     if phase == "eval" and fam in EVAL_INPUT_FAMILIES and variable.startswith(("input.", "data.eval.")):
         return "eval_input_mismatch"
     return fam
+
+
+def once_per_run(variable: str) -> bool:
+    """Facts the tracer records once per run (dataset statistics read at the start, the
+    static phase's answers): their support is counted in runs, not observations."""
+    return variable.startswith(("data.", "static."))
+
+
+def read_phase(variable: str, phase: str) -> str:
+    """The phase a relation's target is read in: training-data statistics in train, any
+    other variable in the relation's own phase."""
+    return "train" if variable.startswith("data.train.") else phase
+
+
+# A variable whose value follows from another's: an invariant over it is implied when the
+# other is constant (`input.side` is part of `input.shape`).
+IMPLIED_BY = {"input.side": "input.shape", "output.width": "output.shape"}
 
 
 def block_of(variable: str) -> Optional[str]:
@@ -165,7 +185,8 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"data\.eval\.std_ratio", "the eval data's standard deviation over the training data's"),
     (r"data\.eval\.c(\d+)\.std_ratio", "channel {c} of the eval data: its standard deviation over the "
                                        "training data's"),
-    (r"data\.(train|eval)\.(mean|std|unit_fraction)", "the {0} dataset's {m} (sampled)"),
+    (r"data\.(train|eval)\.unit_fraction", "the fraction of the {0} data's values in [0, 1] (sampled)"),
+    (r"data\.(train|eval)\.(mean|std)", "the {0} dataset's {m} (sampled)"),
     (r"loader\.(train|eval)\.batch_size", "the {0} DataLoader's batch size"),
     (r"data\.overlap", "the number of evaluation samples that are also training samples"),
     (r"step\.time", "the wall time per optimizer step (median of recent steps)"),

@@ -13,7 +13,7 @@ import pytest
 from invariants import invfile
 from invariants.model import InvariantSet
 from tests.conftest import ROOT, SCRIPTS, run_invar
-from tracer.store import Store
+from invariants.app.store import Store
 
 PLAIN = str(SCRIPTS / "plain_train.py")
 
@@ -345,7 +345,7 @@ def test_unchecked_reasons_and_verdicts_from_data() -> None:
 
 
 def test_bench_prints_ratios_and_rejects_a_script_too_short_to_time(tmp_path: Path) -> None:
-    from invariants.bench import step_overhead
+    from invariants.app.bench import step_overhead
     t = step_overhead(str(SCRIPTS / "plain_train.py"), ["--epochs", "1"], steps=10, repeats=2)
     assert len(t.repeats) == 2 and t.median_step("plain") > 0
     assert all(0 < t.ratio(m) < 20 and 0 < t.mean_ratio(m) < 20 for m in ("infer", "check"))

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from invariants.explain import explain
-from invariants.ranks import RankRun, failure
+from invariants.app.ranks import RankRun, failure
 from invariants.variables import block_of, family_of
 from tests.conftest import ROOT, SCRIPTS, run_invar
 from tracer.blocks import block_map
 from tracer.distributed import CrossRankObserver, RankInfo, compare, ranks_of, sample_fingerprints, tensor_digest
 from tracer.session import TraceConfig
-from tracer.store import RunInfo
+from invariants.app.store import RunInfo
 
 CASE = ROOT / "corpus" / "ddp_mlp"
 FAULTS = str(SCRIPTS / "ddp_faults.py")
@@ -155,8 +155,8 @@ def test_torch_default_group_counter_is_still_there() -> None:
 
 
 def test_each_rank_runs_the_command_without_the_launch_option() -> None:
-    from invariants.cli import check
-    from invariants.cli_distributed import rank_argv
+    from invariants.app.cli.run import check
+    from invariants.app.cli.distributed import rank_argv
     ctx = check.make_context("check", ["s.py", "--against", "i.yaml", "--nproc-per-node", "2", "--steps", "7",
                                        "--", "--lr", "1"])
     argv = rank_argv(ctx)
@@ -240,7 +240,7 @@ def test_distributed_ok_variant_is_clean(learned: Path, script: str) -> None:
 
 
 def _runs_of(store: Path) -> List[dict]:
-    from tracer.store import Store
+    from invariants.app.store import Store
     with Store(store) as s:
         return [dict(rank=i.rank, status=i.status, observations=s.observation_count(i.id),
                      last=s.last_step(i.id)) for i in s.runs() if i.label and i.label.startswith("check")]

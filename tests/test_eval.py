@@ -43,7 +43,7 @@ def _report(*causes):
 
 
 def test_bug_named_only_at_warning_level_reads_warning_only() -> None:
-    from invariants.evaluate import EvalReport, _row_from, render_markdown
+    from invariants.app.evaluate import EvalReport, _row_from, render_markdown
     meta = {"severity": "error", "expect": {"causes": ["frozen"], "locus": None}}
     warned = _row_from("c", "bug_a.py", "bug", meta, _report(("frozen", "fc", "warning")), 0)
     unrelated = _row_from("c", "bug_b.py", "bug", meta, _report(("loss_trend", None, "warning")), 0)
@@ -59,7 +59,7 @@ def test_bug_named_only_at_warning_level_reads_warning_only() -> None:
 
 def test_torch_threads_are_set_for_the_cases_and_restored() -> None:
     import torch
-    from invariants.evaluate import _torch_threads
+    from invariants.app.evaluate import _torch_threads
     before = torch.get_num_threads()
     with _torch_threads(1):
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"

@@ -13,7 +13,7 @@ from invariants.check import Checker
 from invariants.explain import explain
 from invariants.mine import mine
 from invariants.model import InvariantSet
-from invariants.workflow import CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY
+from invariants.app.workflow import CHECK_SAMPLING
 from tests.conftest import SCRIPTS
 from tracer.runner import run_script
 from tracer.session import TraceConfig
@@ -26,7 +26,7 @@ def _check(invariants: InvariantSet, args: List[str], seed_offset: int = 999):
     checker = Checker(invariants)
     with contextlib.redirect_stdout(io.StringIO()):
         # the sampling `invar check` uses: dense for the first steps only
-        cfg = TraceConfig(steps=STEPS, dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
+        cfg = TraceConfig(steps=STEPS, dense_steps=CHECK_SAMPLING.dense, sample_every=CHECK_SAMPLING.every)
         res = run_script(PLAIN, args, cfg, checker.feed, seed_offset=seed_offset)
     checker.finish()
     assert res.status == "budget", res.error

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from solver import Counterexample, Proved, Unknown, analyse, broadcast_check, confirm, prepool_stage, rules
 from solver.symbolic import ConcreteRun, concrete_run, symbolic_run
 from tests.conftest import ROOT, SCRIPTS, run_invar
-from invariants.shapes import ShapesOutcome
+from invariants.app.shapes import ShapesOutcome
 from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, LSTMClassifier, PositionalAttention, ResNet18,
                                  SequenceLSTM, TinyEncoder, TinyVGG, mlp)
 

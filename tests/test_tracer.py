@@ -14,7 +14,7 @@ from tests.conftest import SCRIPTS, run_invar
 from tracer import stats
 from tracer.runner import run_script
 from tracer.session import TraceConfig
-from tracer.store import Store
+from invariants.app.store import Store
 
 PLAIN = str(SCRIPTS / "plain_train.py")
 
@@ -144,7 +144,7 @@ def test_store_accepts_concurrent_writers(tmp_path: Path) -> None:
     # do): the switch to WAL mode is contended, and SQLite does not wait for it by itself.
     import time
     code = (
-        "import sys, time; from tracer.store import Store\n"
+        "import sys, time; from invariants.app.store import Store\n"
         "while time.time() < float(sys.argv[3]): pass\n"
         "s = Store(sys.argv[1]); rid = s.new_run('x.py', [], label=sys.argv[2])\n"
         "for k in range(20): s.add_observations(rid, [(k, 'train', 'v', float(i), None) for i in range(50)])\n"
@@ -305,10 +305,10 @@ def test_dataset_labels_are_read_whole_from_conventional_attributes() -> None:
 
 
 def test_a_reading_store_never_creates_one(tmp_path: Path) -> None:
-    from tracer.store import StoreError
+    from invariants.app.store import StoreError, StoreMissing
     with pytest.raises(StoreError) as e:
         Store(tmp_path / "none", create=False)
-    assert e.value.kind == "missing" and "no store at" in str(e.value)
+    assert isinstance(e.value, StoreMissing) and "no store at" in str(e.value)
     assert not (tmp_path / "none").exists()
     with Store(tmp_path / "s") as s:
         rid = s.new_run("x.py", [])
@@ -319,7 +319,7 @@ def test_a_reading_store_never_creates_one(tmp_path: Path) -> None:
 
 
 def test_ids_resolve_by_prefix_and_name_some_of_many_matches(tmp_path: Path) -> None:
-    from tracer.store import StoreError
+    from invariants.app.store import StoreError
     with Store(tmp_path / "s") as s:
         ids = [s.new_run("x.py", []) for _ in range(7)]
         for n in ("set-20260101-000000-aaaa", "set-20260101-000001-bbbb", "set_x"):

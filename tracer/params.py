@@ -10,8 +10,7 @@ from torch import nn
 
 from tracer import stats
 from tracer.blocks import BlockMap, block_map, numel
-from tracer.pending import Pending, row
-from tracer.store import Row
+from tracer.pending import Pending, Row, row
 
 Layout = List[Tuple[str, List[Tuple[int, Optional[int]]]]]  # block prefix -> (numel, grad index)
 

@@ -1,4 +1,9 @@
-"""Observations of one flush: tensors gathered with one transfer, rows built afterwards."""
+"""Observations of one flush: tensors gathered with one transfer, rows built afterwards.
+
+A row is the tuple (step, phase, variable, value, text): the fields, in order, of
+`invariants.observation.Observation`, which the application reads them as. The tracer
+builds plain tuples because it imports nothing of `invariants`.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -6,7 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from tracer.stats import Stats
-from tracer.store import Row
+
+Row = Tuple[int, str, str, Optional[float], Optional[str]]
 
 
 class Pending:

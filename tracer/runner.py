@@ -1,4 +1,4 @@
-"""Run an unmodified training script under a TraceSession and record it in the store.
+"""Run an unmodified training script under a TraceSession; observations go to a sink.
 
 The script runs in this process through `runpy` as `__main__`, with its directory on
 `sys.path` and `sys.argv` set, exactly as `python SCRIPT ARGS` would run it. Seeding calls
@@ -15,31 +15,20 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from tracer.pending import Row
 from tracer.session import StepBudgetReached, StopRequested, TraceConfig, TraceSession
-from tracer.store import Row, Store
-
-
-WRITE_BATCH = 5000
-
-
-class ScriptError(Exception):
-    """The script cannot be run at all (missing, unreadable, syntax error)."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind  # "missing" | "syntax"
 
 
 @dataclass
 class RunResult:
     """What happened in one traced run."""
 
-    run_id: Optional[str]
+    run_id: Optional[str]             # the store's id, set by whoever records the run
     script: str
     status: str               # complete | budget | stopped | crashed | interrupted
     steps: int
@@ -56,40 +45,6 @@ class RunResult:
     @property
     def crashed(self) -> bool:
         return self.status == "crashed"
-
-
-class BufferedWriter:
-    """A session sink that writes observations to the store in batches of WRITE_BATCH rows
-    (one transaction each) instead of one transaction per flush; `close()` writes the rest."""
-
-    def __init__(self, store: Store, run_id: str, batch: int = WRITE_BATCH):
-        self.store, self.run_id, self.rows = store, run_id, []  # type: ignore[var-annotated]
-        self.batch = batch
-
-    def __call__(self, rows: List[Row]) -> None:
-        self.rows.extend(rows)
-        if len(self.rows) >= self.batch:
-            self.close()
-
-    def close(self) -> None:
-        self.store.add_observations(self.run_id, self.rows)
-        self.rows = []
-
-
-def check_script(path: str | os.PathLike) -> Path:
-    """The resolved script path; ScriptError when missing or not valid Python."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScriptError(f"no such script: {path}", "missing")
-    try:
-        source = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScriptError(f"cannot read {path}: {e}", "missing") from e
-    try:
-        compile(source, str(p), "exec")
-    except SyntaxError as e:
-        raise ScriptError(f"{path}:{e.lineno}: SyntaxError: {e.msg}", "syntax") from e
-    return p.resolve()
 
 
 @contextlib.contextmanager
@@ -146,7 +101,7 @@ def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConf
                on_session: Optional[Callable[[TraceSession], None]] = None,
                extensions: Sequence[Any] = ()) -> RunResult:
     """Runs the script under a TraceSession; observations go to `sink` as they are flushed."""
-    path = check_script(script)
+    path = Path(script).resolve()
     counted = [0]
 
     def counting_sink(rows: List[Row]) -> None:
@@ -186,54 +141,3 @@ def _execute(path: Path) -> "tuple[str, Optional[str], Optional[str]]":
         error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         tb = _script_traceback(e, path)
     return status, error, tb
-
-
-def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str], config: TraceConfig,
-                   *, label: Optional[str] = None, seed_offset: int = 0,
-                   listeners: Sequence[Callable[[List[Row]], None]] = (),
-                   on_first_forward: Optional[Callable[..., None]] = None,
-                   on_session: Optional[Callable[[TraceSession], None]] = None,
-                   extensions: Sequence[Any] = (), rank: int = 0, world_size: int = 1,
-                   facts: Optional[Dict[str, Any]] = None, write_batch: int = WRITE_BATCH) -> RunResult:
-    """Runs the script traced and records run, observations, graph and facts in `store`.
-
-    Distributed ranks pass their `rank`/`world_size`, `facts` recorded before the run starts
-    (the launch group, so that a killed rank's partial trace is still found) and
-    `write_batch=1` (every flush written at once: a killed rank loses at most one step)."""
-    path = check_script(script)
-    run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset,
-                           rank=rank, world_size=world_size)
-    for key, value in (facts or {}).items():
-        store.set_fact(run_id, key, value)
-    sessions: List[TraceSession] = []
-
-    writer = BufferedWriter(store, run_id, write_batch)
-
-    def sink(rows: List[Row]) -> None:
-        writer(rows)
-        for listen in listeners:
-            listen(rows)
-
-    def keep(session: TraceSession) -> None:
-        sessions.append(session)
-        if on_session is not None:
-            on_session(session)
-
-    try:
-        result = run_script(path, args, config, sink, seed_offset=seed_offset,
-                            on_first_forward=on_first_forward, on_session=keep, extensions=extensions)
-    finally:
-        writer.close()
-    result.run_id = run_id
-    session = sessions[0]
-    if session.graph is not None:
-        store.set_graph(run_id, session.graph.to_json())
-    root = session.root
-    store.set_fact(run_id, "root_model", type(root).__name__ if root is not None else None)
-    store.set_fact(run_id, "graph", result.graph)
-    store.set_fact(run_id, "seconds", round(result.seconds, 3))
-    store.set_fact(run_id, "torch", str(torch.__version__))
-    if result.faults:
-        store.set_fact(run_id, "faults", result.faults)
-    store.finish_run(run_id, result.status, result.steps, result.error)
-    return result

@@ -30,10 +30,9 @@ from tracer.blocks import ACTIVATIONS, RECTIFIERS
 from tracer.graph import GraphRecord, capture, output_shapes
 from tracer.loaders import LoaderTracker
 from tracer.params import ParameterObserver, optimizer_stats
-from tracer.pending import Pending, row
+from tracer.pending import Pending, Row, row
 from tracer.patches import (CLASSIFICATION_LOSSES, dropout_patches, jit_patches, loss_patches, patched,
                             relu_patches)
-from tracer.store import Row
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 MAX_FUNCTIONAL_RELUS = 32  # functional rectifier calls observed per forward

@@ -1,4 +1,5 @@
-"""The trace store: SQLite under `.invar/` holding runs, observations, graphs and facts.
+"""The trace store: SQLite under `.invar/` holding runs, observations, graphs, facts and
+invariant sets.
 
 WAL mode and a busy timeout make several writer processes (distributed ranks, parallel
 infer runs) safe; observations are written in batches, one transaction per flush.
@@ -14,6 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from invariants.errors import InvarError
+from invariants.observation import Observation
 
 SCHEMA_VERSION = 1
 DEFAULT_DIR = ".invar"
@@ -40,16 +44,23 @@ CREATE TABLE IF NOT EXISTS invariant_sets (id TEXT PRIMARY KEY, created REAL, la
     body TEXT NOT NULL);
 """
 
-Row = Tuple[int, str, str, Optional[float], Optional[str]]  # step, phase, variable, value, text
 AMBIGUOUS_SHOWN = 5  # ids named in an "is ambiguous" message
 
 
-class StoreError(Exception):
-    """The store cannot be opened or written; `kind` is unwritable | corrupt | schema | missing."""
+class StoreError(InvarError):
+    """The store cannot be used; the subclass says how."""
 
-    def __init__(self, message: str, kind: str = "unwritable"):
-        super().__init__(message)
-        self.kind = kind
+
+class StoreUnwritable(StoreError):
+    """The store directory cannot be created or written."""
+
+
+class StoreCorrupt(StoreError):
+    """The store file is not a usable database (or one newer than this invar reads)."""
+
+
+class StoreMissing(StoreError):
+    """No store where a reading command looked, or no (unique) run or set with that id."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +96,12 @@ class Store:
 
     def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, create: bool = True):
         """Opens (and with `create`, creates) the store. Readers pass `create=False`: a
-        missing store is then a StoreError of kind `missing`, and nothing is written."""
+        missing store is then StoreMissing, and nothing is written."""
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         if not create and not self.path.is_file():
-            raise StoreError(f"no store at {self.directory} (nothing was traced there; pass --store DIR "
-                             f"or set INVAR_STORE)", "missing")
+            raise StoreMissing(f"no store at {self.directory} (nothing was traced there; pass --store DIR "
+                               f"or set INVAR_STORE)")
         try:
             if create:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -101,10 +112,10 @@ class Store:
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._set_up(create)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"store {self.path} is not a usable SQLite database ({e}); "
-                             f"move it away or pass --store to use another directory", "corrupt") from e
+            raise StoreCorrupt(f"store {self.path} is not a usable SQLite database ({e}); "
+                               f"move it away or pass --store to use another directory") from e
         except OSError as e:
-            raise StoreError(f"cannot create or write the store at {self.directory}: "
+            raise StoreUnwritable(f"cannot create or write the store at {self.directory}: "
                              f"{e.strerror or e}; pass --store DIR with a writable directory") from e
 
     def _set_up(self, create: bool) -> None:
@@ -130,8 +141,8 @@ class Store:
         if row is None and create:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"store {self.path} has schema {row[0]}, newer than this invar "
-                             f"reads ({SCHEMA_VERSION}); upgrade invar", "schema")
+            raise StoreCorrupt(f"store {self.path} has schema {row[0]}, newer than this invar "
+                               f"reads ({SCHEMA_VERSION}); upgrade invar")
 
     def close(self) -> None:
         self._db.close()
@@ -154,7 +165,7 @@ class Store:
         except sqlite3.Error as e:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot write to the store {self.path}: {e}") from e
+            raise StoreUnwritable(f"cannot write to the store {self.path}: {e}") from e
 
     def new_run(self, script: str, argv: Sequence[str], label: Optional[str] = None,
                 seed_offset: int = 0, rank: int = 0, world_size: int = 1) -> str:
@@ -169,7 +180,7 @@ class Store:
         self._write("UPDATE runs SET ended = ?, status = ?, steps = ?, error = ? WHERE id = ?",
                     (time.time(), status, steps, error, run_id))
 
-    def add_observations(self, run_id: str, rows: Iterable[Row]) -> None:
+    def add_observations(self, run_id: str, rows: Iterable[Observation]) -> None:
         """Writes a batch of observations in one transaction."""
         batch = [(run_id, s, p, v, val, txt) for (s, p, v, val, txt) in rows]
         if batch:
@@ -192,7 +203,7 @@ class Store:
         return [_run_info(r) for r in rows]
 
     def run(self, run_id: str) -> RunInfo:
-        """The run with this id, or a unique id prefix; StoreError if none or ambiguous."""
+        """The run with this id, or a unique id prefix; StoreMissing if none or ambiguous."""
         rows = self._db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
                                 "ORDER BY started", (run_id, _like_prefix(run_id))).fetchall()
         exact = [r for r in rows if r[0] == run_id]
@@ -201,14 +212,15 @@ class Store:
         if len(rows) == 1:
             return _run_info(rows[0])
         if not rows:
-            raise StoreError(f"no run {run_id!r} in {self.path} (see `invar runs`)", "missing")
-        raise StoreError(f"run id {run_id!r} is ambiguous: {_some([r[0] for r in rows])}", "missing")
+            raise StoreMissing(f"no run {run_id!r} in {self.path} (see `invar runs`)")
+        raise StoreMissing(f"run id {run_id!r} is ambiguous: {_some([r[0] for r in rows])}")
 
-    def observations(self, run_id: str) -> Iterator[Row]:
+    def observations(self, run_id: str) -> Iterator[Observation]:
+        """The run's observations in the order they were recorded."""
         cur = self._db.execute(
             "SELECT step, phase, variable, value, text FROM observations WHERE run_id = ? "
             "ORDER BY rowid", (run_id,))
-        yield from cur
+        return map(Observation._make, cur)
 
     def observation_count(self, run_id: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM observations WHERE run_id = ?",
@@ -243,7 +255,7 @@ class Store:
         return row[0] if row else None
 
     def find_invariant_set(self, set_id: str) -> Optional[SetInfo]:
-        """The set with this id or a unique id prefix; None if none, StoreError if ambiguous."""
+        """The set with this id or a unique id prefix; None if none, StoreMissing if ambiguous."""
         rows = self._db.execute("SELECT id, created, label, body FROM invariant_sets "
                                 "WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY created",
                                 (set_id, _like_prefix(set_id))).fetchall()
@@ -252,8 +264,7 @@ class Store:
             return SetInfo(*(exact or rows)[0])
         if not rows:
             return None
-        raise StoreError(f"invariant set id {set_id!r} is ambiguous: {_some([r[0] for r in rows])}",
-                         "missing")
+        raise StoreMissing(f"invariant set id {set_id!r} is ambiguous: {_some([r[0] for r in rows])}")
 
     def invariant_sets(self) -> List[SetInfo]:
         """Every stored invariant set, oldest first."""

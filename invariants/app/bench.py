@@ -17,13 +17,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch.optim.optimizer as optimizer_module
 
+from invariants.app.record import BufferedWriter
+from invariants.app.scripts import check_script
+from invariants.app.store import Store
+from invariants.app.workflow import CHECK_SAMPLING
 from invariants.check import Checker
 from invariants.mine import mine
 from invariants.model import InvariantSet
-from invariants.workflow import CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY
-from tracer.runner import BufferedWriter, _execute, check_script, reseeded, script_environment
+from tracer.runner import _execute, reseeded, script_environment
 from tracer.session import StepBudgetReached, TraceConfig, TraceSession
-from tracer.store import Store
 
 WARMUP = 3  # first steps excluded: allocator and first-call effects
 
@@ -96,7 +98,7 @@ def step_overhead(script: str, args: Sequence[str] = (), steps: int = 40, repeat
                     cfg = TraceConfig()
                     if mode == "check":
                         sinks.append(Checker(invariants).feed)
-                        cfg = TraceConfig(dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
+                        cfg = TraceConfig(dense_steps=CHECK_SAMPLING.dense, sample_every=CHECK_SAMPLING.every)
                     session = TraceSession(cfg, lambda r, sinks=sinks: [s(r) for s in sinks])
                 times[mode] = _run(script, args, steps, session)
                 if session is not None:

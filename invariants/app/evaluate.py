@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import yaml
+from invariants.model import SEVERITY_RANK, at_least
 
-LOO_SEED_OFFSET = 7 * 101  # a seed none of the reference runs used
+
 
 
 @dataclass
@@ -74,10 +74,11 @@ class EvalReport:
 
 def load_cases(corpus_dir: str | os.PathLike) -> List[Path]:
     """Case folders (those with a case.yaml), sorted."""
+    from corpus.cases import case_dirs
     root = Path(corpus_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no corpus directory {corpus_dir}")
-    cases = sorted(p.parent for p in root.glob("*/case.yaml"))
+    cases = case_dirs(root=root)
     if not cases:
         raise FileNotFoundError(f"{corpus_dir} holds no case folder with a case.yaml")
     return cases
@@ -87,8 +88,7 @@ def _row_from(case: str, variant: str, kind: str, meta: Dict[str, Any], report: 
     expect = (meta.get("expect") or {}) if kind == "bug" else {}
     expected = list(expect.get("causes") or [])
     sev = meta.get("severity", "error") if kind == "bug" else "error"
-    rank = {"warning": 1, "error": 2}
-    relevant = [c for c in report.causes if rank.get(c.severity, 0) >= rank.get(sev, 2)]
+    relevant = [c for c in report.causes if at_least(c.severity, sev)]
     causes = [_cause_name(c) for c in relevant]
     locus = expect.get("locus")
 
@@ -97,14 +97,14 @@ def _row_from(case: str, variant: str, kind: str, meta: Dict[str, Any], report: 
     matched = None
     if kind == "bug":
         matched = any(is_expected(c) for c in relevant)
-    vs = [v for v in report.violations if rank.get(v.severity, 0) >= rank.get(sev, 2)]
+    vs = [v for v in report.violations if at_least(v.severity, sev)]
     detected = bool(vs) if kind == "bug" else bool(report.errors)
-    below = [c for c in report.causes if rank.get(c.severity, 0) < rank.get(sev, 2) and is_expected(c)]
+    below = [c for c in report.causes if not at_least(c.severity, sev) and is_expected(c)]
     warned = kind == "bug" and not detected and bool(below)
     return Row(case=case, variant=variant, kind=kind, expected=expected, expected_severity=sev,
                detected=detected, exit_code=code, root_causes=causes, matched=matched,
                first_step=min((v.step for v in vs), default=None),
-               severity=max((v.severity for v in vs), key=lambda s: rank[s], default=None),
+               severity=max((v.severity for v in vs), key=SEVERITY_RANK.__getitem__, default=None),
                errors=report.errors, warnings=report.warnings, checked=report.invariants_checked,
                seconds=round(report.seconds, 2), note=report.crash or "", warned=warned,
                warning_causes=[_cause_name(c) for c in below] if warned else [])
@@ -143,8 +143,9 @@ def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 
 
 
 def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
-    from invariants import workflow
-    meta = yaml.safe_load((case / "case.yaml").read_text())
+    from corpus.cases import load as case_meta
+    from invariants.app import workflow
+    meta = case_meta(case)
     ref = meta.get("reference") or {}
     ref_script = str(case / (ref.get("script") or "reference.py"))
     ref_args = [str(a) for a in ref.get("args") or []]
@@ -153,7 +154,8 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
     # The pipelines' own prints would bury the table; their exit status and crashes are kept.
     with tempfile.TemporaryDirectory() as store, contextlib.redirect_stdout(io.StringIO()):
         if nproc > 1:
-            from invariants import invfile, ranks
+            from invariants import invfile
+            from invariants.app import ranks
             outcome = ranks.infer_launched(ref_script, ref_args, nproc, runs=runs, steps=steps,
                                            store_dir=store, quiet=True)
             invfile.dump(outcome.invariants, Path(store) / "invariants.json")
@@ -169,7 +171,7 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
         counts = {"invariants": len(invs.invariants), "suppressed": outcome.mined.suppressed,
                   "discarded": len(outcome.mined.discarded),
                   "errors": sum(1 for i in invs.invariants if i.severity == "error")}
-        loo = check(ref_script, ref_args, seed_offset=LOO_SEED_OFFSET)
+        loo = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET)
         rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, 1 if loo.errors else 0))
         for v in meta.get("variants") or []:
             script = str(case / v["script"])

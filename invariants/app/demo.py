@@ -1,24 +1,21 @@
-"""The demo: infer invariants from one corpus reference, then check one of its bug variants.
-
-This harness drives invar on the corpus; the corpus pipelines themselves never import invar.
-"""
+"""The demo: infer invariants from one corpus reference, then check one of its bug variants."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
+from corpus import cases
+from invariants import invfile, report
+from invariants.app import workflow
 
-CORPUS = Path(__file__).resolve().parent
 # The forum 84911 case: the report a new user should see first (a frozen backbone).
 DEMO_CASE = "efficientnet_finetune"
 DEMO_RUNS, DEMO_STEPS = 3, 30
 
 
 def _pick_variant(case: Path) -> Optional[str]:
-    meta = yaml.safe_load((case / "case.yaml").read_text())
-    bugs = [v for v in meta.get("variants") or [] if v.get("kind") == "bug"
+    bugs = [v for v in cases.load(case).get("variants") or [] if v.get("kind") == "bug"
             and v.get("severity", "error") == "error"]
     return bugs[0]["script"] if bugs else None
 
@@ -26,11 +23,8 @@ def _pick_variant(case: Path) -> Optional[str]:
 def demo(store_dir: Optional[str], echo: Callable[[str], None] = print,
          progress: Callable[[str], None] = print) -> int:
     """Runs the demo; returns 0 when the bug variant was caught, 1 when it was missed."""
-    from invariants import invfile, report, workflow
-
-    case = CORPUS / DEMO_CASE
-    if not (case / "case.yaml").is_file():
-        case = sorted(p.parent for p in CORPUS.glob("*/case.yaml"))[0]
+    found = cases.case_dirs()
+    case = next((c for c in found if c.name == DEMO_CASE), found[0])
     variant = _pick_variant(case)
     with tempfile.TemporaryDirectory() as tmp:
         store = store_dir or str(Path(tmp) / "store")
@@ -44,7 +38,7 @@ def demo(store_dir: Optional[str], echo: Callable[[str], None] = print,
              f"{outcome.mined.suppressed} implied ones suppressed)")
         echo(f"== 2. invar check {case.name}/reference.py with a new seed (must be clean)")
         clean = workflow.check(str(case / "reference.py"), [], outcome.invariants, against=str(out),
-                               store_dir=store, seed_offset=7 * 101)
+                               store_dir=store, seed_offset=workflow.FRESH_SEED_OFFSET)
         echo(f"   {clean.errors} error(s), {clean.warnings} warning(s)")
         if variant is None:
             return 0

@@ -1,4 +1,4 @@
-"""The store-reading commands of the CLI: runs, show, sets (registered by invariants.cli)."""
+"""The store-reading commands: runs, show, sets."""
 from __future__ import annotations
 
 import json
@@ -7,15 +7,16 @@ from typing import Any, Optional, Tuple
 
 import click
 
-from invariants.cli import READ_EXITS, _open_store, store_option
+from invariants.app.cli.common import READ_EXITS, store_option
+from invariants.app.store import Store
+from invariants.report import short_path
 
 
 @click.command(epilog=READ_EXITS)
 @store_option
 def runs(store_dir: str) -> None:
     """List the runs in the store."""
-    from invariants.report import short_path
-    with _open_store(store_dir, create=False) as store:
+    with Store(store_dir, create=False) as store:
         items = store.runs()
     if not items:
         click.echo(f"no runs in {store_dir}")
@@ -33,7 +34,7 @@ def runs(store_dir: str) -> None:
 @store_option
 def show(run_id: str, store_dir: str) -> None:
     """Summarise one stored run (an id or a unique prefix)."""
-    with _open_store(store_dir, create=False) as store:
+    with Store(store_dir, create=False) as store:
         info = store.run(run_id)
         variables = store.variables(info.id)
         count = store.observation_count(info.id)
@@ -59,8 +60,7 @@ def show(run_id: str, store_dir: str) -> None:
 def sets(store_dir: str) -> None:
     """List the invariant sets in the store (`infer` saves one per file it writes); an id
     or a unique prefix works as --against and export/diff SOURCE."""
-    from invariants.report import short_path
-    with _open_store(store_dir, create=False) as store:
+    with Store(store_dir, create=False) as store:
         items = store.invariant_sets()
     if not items:
         click.echo(f"no invariant sets in {store_dir}")

@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from invariants.app.record import trace_to_store
+from invariants.app.static import StaticPhase
+from invariants.app.static import hooks as static_hooks
+from invariants.app.store import RunInfo, Store
 from invariants.check import Checker, Violation
 from invariants.explain import explain
 from invariants.model import InvariantSet
 from invariants.report import CheckReport
-from invariants.static import StaticPhase
-from invariants.static import hooks as static_hooks
 from tracer.blocks import WRAPPERS
 from tracer.distributed import CrossRankObserver, RankInfo, destroy_default_group, ranks_of, sigterm_ends_run
-from tracer.runner import RunResult, trace_to_store
+from tracer.runner import RunResult
 from tracer.session import TraceConfig
-from tracer.store import RunInfo, Store
 
 GROUP_ENV = "INVAR_GROUP"        # set by the launcher: the launch every rank's run belongs to
 LAUNCHED_ENV = "INVAR_LAUNCHED"  # set by the launcher: it merges, the ranks only trace
@@ -59,7 +60,7 @@ def launch(verb: str, argv: Sequence[str], nproc: int, group: str, *, stdout: An
            seed_offset: int = 0) -> int:
     """Runs `invar VERB ARGV` once per rank under torch.distributed.run (one node,
     rendezvous on a free local port); returns torchrun's exit status."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env[GROUP_ENV], env[LAUNCHED_ENV], env[SEED_ENV] = group, "1", str(seed_offset)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -81,7 +82,7 @@ class RanksFailed(Exception):
 def infer_launched(script: str, args: Sequence[str], nproc: int, *, runs: int = 3, steps: int = 30,
                    store_dir: str = ".invar", quiet: bool = False) -> Any:
     """`invar infer --nproc-per-node N` as a library call: the InferOutcome of the launch."""
-    from invariants import workflow
+    from invariants.app import workflow
     group = new_group()
     out = subprocess.DEVNULL if quiet else None
     launch("infer", ["--runs", str(runs), "--steps", str(steps), "--store", store_dir, str(script), "--", *args],

@@ -1,5 +1,5 @@
-"""The CLI's wiring: trace reference runs and mine them (infer), trace a candidate and check
-it (check). The only module besides cli.py that joins tracer, solver and invariants.
+"""The two workflows: trace reference runs and mine them (infer), trace a candidate and
+check it as it runs (check); and loading the invariants a check is against.
 
 torch, the tracer and the solver are imported by the functions that run a script, so that
 the file-only commands (`export`, `diff`, `sets`) load in a fraction of a second.
@@ -10,11 +10,12 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from invariants import __version__, invfile
-from invariants.model import InvariantSet
-from tracer.store import DB_NAME, Store
+from invariants import __version__, invfile, policy
+from invariants.app.store import DB_NAME, Store
+from invariants.errors import InvarError
+from invariants.model import InvariantSet, at_least
 
 if TYPE_CHECKING:
     from invariants.mine import MineResult
@@ -22,21 +23,38 @@ if TYPE_CHECKING:
     from tracer.runner import RunResult
     from tracer.session import TraceConfig
 
-SEED_STRIDE = 101  # seed offset between reference runs
-# check observes every step only at the start (structural bugs by step 1), then samples.
-CHECK_DENSE_STEPS, CHECK_SAMPLE_EVERY = 5, 5
-# Once-per-run facts (dataset statistics, static.* shapes) are justified by this many
-# reference runs (invariants/templates/basic.py, `per_run` support).
-PER_RUN_SUPPORT = 3
+
+class Sampling(NamedTuple):
+    """Which optimizer steps a traced run observes: every step before `dense`, then every
+    `every`-th."""
+
+    dense: int
+    every: int
+
+
+# Recording (trace, infer) observes densely; checking needs every step only at the start
+# (structural bugs by step 1) and samples afterwards, which keeps its overhead low.
+RECORD_SAMPLING = Sampling(50, 10)
+CHECK_SAMPLING = Sampling(5, 5)
+SEED_STRIDE = 101  # seed offset between reference runs: run i adds i * SEED_STRIDE
+FRESH_SEED_OFFSET = 7 * SEED_STRIDE  # a seed no reference run of the default 3 (or 7) used
+DEFAULT_STEPS = 30  # optimizer steps of a reference run, and of a check of an old file
+PER_RUN_SUPPORT = policy.PER_RUN_SUPPORT
 Progress = Callable[[str], None]
 
 
-class PipelineCrashed(Exception):
-    """A reference run of the pipeline raised; the trace is kept in the store."""
+class PipelineCrashed(InvarError):
+    """The user's pipeline crashed (a reference run raised, or the script died before its
+    model's first call); `result` is the traced run, when there is one."""
 
-    def __init__(self, result: "RunResult"):
-        super().__init__(f"{result.script} crashed: {result.error}")
+    def __init__(self, message: str, result: Optional["RunResult"] = None):
+        super().__init__(message)
         self.result = result
+
+
+def reference_steps(invariants: InvariantSet) -> int:
+    """The optimizer steps the reference runs of an invariant set traced (a check's default)."""
+    return int(invariants.meta.get("steps") or DEFAULT_STEPS)
 
 
 @dataclass(frozen=True)
@@ -103,10 +121,11 @@ def _quiet(_: str) -> None:
 def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, store_dir: str = ".invar",
           config: Optional["TraceConfig"] = None, progress: Progress = _quiet) -> InferOutcome:
     """Traces `runs` reseeded reference runs of the script and mines them."""
+    from invariants.app.record import trace_to_store
+    from invariants.app.scripts import check_script
+    from invariants.app.static import StaticPhase
+    from invariants.app.static import hooks as static_hooks
     from invariants.mine import mine
-    from invariants.static import StaticPhase
-    from invariants.static import hooks as static_hooks
-    from tracer.runner import check_script, trace_to_store
     from tracer.session import TraceConfig
     check_script(script)  # a missing script fails before any progress line
     cfg = config or TraceConfig(steps=steps)
@@ -122,7 +141,7 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
             progress(f"reference run {i + 1}/{runs}: {res.status}, {res.steps} steps, "
                      f"{res.observations} observations, {res.seconds:.1f} s (run {res.run_id})")
             if res.crashed:
-                raise PipelineCrashed(res)
+                raise PipelineCrashed(f"{res.script} crashed: {res.error}", res)
             results.append(res)
             rows_per_run.append(collected)
             refs.append(_reference(store, res.run_id, res.script, res.steps, res.observations))
@@ -165,21 +184,19 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
           store_dir: str = ".invar", config: Optional["TraceConfig"] = None,
           seed_offset: int = 0) -> "CheckReport":
     """Runs the script under the tracer and evaluates the invariants as observations arrive."""
+    from invariants.app.record import trace_to_store
+    from invariants.app.static import StaticPhase
+    from invariants.app.static import describe as describe_static
+    from invariants.app.static import hooks as static_hooks
     from invariants.check import Checker, Violation
     from invariants.explain import explain
     from invariants.report import CheckReport
-    from invariants.static import StaticPhase
-    from invariants.static import describe as describe_static
-    from invariants.static import hooks as static_hooks
-    from tracer.runner import trace_to_store
     from tracer.session import TraceConfig, TraceSession
-    budget = steps if steps is not None else int(invariants.meta.get("steps") or 30)
-    cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_DENSE_STEPS, sample_every=CHECK_SAMPLE_EVERY)
+    budget = steps if steps is not None else reference_steps(invariants)
+    cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_SAMPLING.dense, sample_every=CHECK_SAMPLING.every)
     sessions: List[TraceSession] = []
-    rank = {"warning": 1, "error": 2}[fail_on]
-
     def on_violation(v: Violation) -> None:
-        if fail_fast and {"warning": 1, "error": 2}.get(v.severity, 0) >= rank and sessions:
+        if fail_fast and at_least(v.severity, fail_on) and sessions:
             sessions[0].request_stop(f"--fail-fast: {v.id} violated at step {v.step}")
 
     checker = Checker(invariants, on_violation=on_violation)

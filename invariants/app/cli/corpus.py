@@ -1,4 +1,4 @@
-"""The corpus commands of the CLI: eval, bench, demo (registered by invariants.cli)."""
+"""The commands on a corpus: eval, bench, demo."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,8 @@ from typing import List, Optional, Sequence
 
 import click
 
-from invariants.cli import Exit, _err, _fail, exit_help
+from invariants.app.cli.common import Exit, err, exit_help
+from invariants.errors import UsageError
 
 
 @click.command("eval", epilog=exit_help((Exit.OK, "every bug found, no false alarm"),
@@ -32,16 +33,16 @@ def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: i
 
     Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
     error-level violation."""
-    from invariants import evaluate
+    from invariants.app import evaluate
     try:
-        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=_err,
+        report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=err,
                                    threads=threads)
     except FileNotFoundError as e:
-        _fail(str(e), Exit.BAD_INPUT)
+        raise UsageError(str(e)) from None
     text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)
     if output:
         Path(output).write_text(text, encoding="utf-8")
-        _err(f"wrote {output}")
+        err(f"wrote {output}")
     else:
         click.echo(text)
     t = report.totals()
@@ -66,21 +67,21 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
     median step times (a typical step); the `mean` columns compare mean step times, which
     spread the cost of the observed steps (and of evaluation passes) over all steps. Each
     ratio is the median over repeats of the ratio within one repeat."""
-    from invariants import bench as b
+    from invariants.app import bench as b
     if threads:
         import torch
         torch.set_num_threads(threads)
     targets = list(scripts) or _single_process_references()
     if not targets:
-        _fail("no scripts given and no corpus/*/reference.py found", Exit.BAD_INPUT)
-    from invariants import shapes as shapes_mod
+        raise UsageError("no scripts given and no corpus/*/reference.py found")
+    from invariants.app import shapes as shapes_mod
     click.echo(f"{'pipeline':<40} {'plain ms/step':>13} {'infer':>8} {'check':>8} "
                f"{'infer mean':>10} {'check mean':>10} {'static s':>9}")
     for script in targets:
         try:
-            t = b.step_overhead(script, steps=steps, repeats=repeats, progress=_err)
+            t = b.step_overhead(script, steps=steps, repeats=repeats, progress=err)
         except ValueError as e:
-            _fail(str(e), Exit.BAD_INPUT)
+            raise UsageError(str(e)) from None
         with contextlib.redirect_stdout(io.StringIO()):
             static = shapes_mod.run(script, [])
         seconds = f"{static.report.seconds:.2f}" if static.report else "-"
@@ -94,12 +95,11 @@ def bench(scripts: Sequence[str], steps: int, repeats: int, mining_runs: int, mi
 
 def _single_process_references() -> List[str]:
     """corpus/*/reference.py, except cases launched on several ranks (docs/distributed.md)."""
-    import yaml
+    from corpus import cases
     out = []
-    for case in sorted(Path("corpus").glob("*/case.yaml")):
-        meta = yaml.safe_load(case.read_text()) or {}
-        if not meta.get("launch") and (case.parent / "reference.py").is_file():
-            out.append(str(case.parent / "reference.py"))
+    for case in cases.case_dirs(root=Path("corpus")):
+        if not (cases.load(case) or {}).get("launch") and (case / "reference.py").is_file():
+            out.append(str(case / "reference.py"))
     return out
 
 
@@ -112,6 +112,6 @@ def _short(path: str) -> str:
 @click.option("--store", "store_dir", default=None, help="Store directory [default: a temporary one].")
 def demo(store_dir: Optional[str]) -> None:
     """Infer invariants from a corpus reference, then check one of its bug variants."""
-    from corpus import harness
-    code = harness.demo(store_dir, echo=click.echo, progress=_err)
+    from invariants.app import demo as demo_mod
+    code = demo_mod.demo(store_dir, echo=click.echo, progress=err)
     sys.exit(code)

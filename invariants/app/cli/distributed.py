@@ -4,19 +4,22 @@
 under torch.distributed.run, then merges the ranks' runs from the store and renders one
 result. Started by torchrun (RANK/WORLD_SIZE set), the command is one rank: it traces
 itself; when the user started torchrun, rank 0 then waits for the others and merges.
-Parse, call the library (invariants.ranks), render — like cli.py, of which this is a part.
+Parse, call the library (invariants.app.ranks), render.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 from typing import Any, List, Optional
 
 import click
 
-from invariants.cli import (CHECK_SAMPLING, Exit, _config, _err, _fail, _open_store, _print_crash,
-                            _run_summary, _write_invariants, check_exit)
+from invariants.app.cli.common import (Exit, check_exit, err, print_crash, run_summary, trace_config,
+                                       write_invariants, write_report)
+from invariants.app.scripts import check_script
+from invariants.app.store import Store
+from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING, SEED_STRIDE, reference_steps
+from invariants.errors import UsageError
 
 
 def distributed(nproc_per_node: Optional[int], invariants: Any = None) -> bool:
@@ -24,10 +27,10 @@ def distributed(nproc_per_node: Optional[int], invariants: Any = None) -> bool:
     from tracer.distributed import RankInfo
     in_rank = RankInfo.from_env() is not None
     if nproc_per_node is not None and nproc_per_node < 1:
-        _fail(f"--nproc-per-node must be >= 1, got {nproc_per_node}", Exit.BAD_INPUT)
+        raise UsageError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     if in_rank and nproc_per_node is not None and nproc_per_node > 1:
-        _fail("--nproc-per-node launches torchrun, but this process already is a rank of one "
-              "(RANK is set): drop the option", Exit.BAD_INPUT)
+        raise UsageError("--nproc-per-node launches torchrun, but this process already is a rank of one "
+                         "(RANK is set): drop the option")
     if nproc_per_node is None and invariants is not None:
         nproc_per_node = int(invariants.meta.get("nproc_per_node") or 1)
     return in_rank or (nproc_per_node or 1) > 1
@@ -61,28 +64,27 @@ def _nproc(ctx: click.Context, invariants: Any = None) -> int:
     n = ctx.params.get("nproc_per_node")
     if n is None and invariants is not None:
         n = int(invariants.meta.get("nproc_per_node") or 1)
-        _err(f"invar: the invariants were learned on {n} ranks; launching {n} "
+        err(f"invar: the invariants were learned on {n} ranks; launching {n} "
              f"(--nproc-per-node 1 runs one process)")
     return int(n or 1)
 
 
 def _launch(ctx: click.Context, verb: str, nproc: int, stdout: Any = None) -> tuple:
-    from invariants import ranks
-    from tracer.runner import check_script
+    from invariants.app import ranks
     check_script(ctx.params["script"])  # missing script / syntax error: exit 2 / 4 before launching
     group = ranks.new_group()
     code = ranks.launch(verb, rank_argv(ctx), nproc, group, stdout=stdout)
-    with _open_store(ctx.params["store_dir"]) as store:
+    with Store(ctx.params["store_dir"]) as store:
         runs = ranks.group_runs(store, group)
     if not runs:
-        _err(f"invar: torchrun exited with status {code} before any rank recorded a run")
+        err(f"invar: torchrun exited with status {code} before any rank recorded a run")
         sys.exit(Exit.PIPELINE_CRASHED)
     return group, runs
 
 
 # -- trace --------------------------------------------------------------------------------------
 def trace(ctx: click.Context) -> None:
-    from invariants import ranks
+    from invariants.app import ranks
     from tracer.distributed import RankInfo
     p = ctx.params
     info = RankInfo.from_env()
@@ -94,82 +96,81 @@ def trace(ctx: click.Context) -> None:
                        + (f"  ({r.run.error})" if r.run.error else ""))
         fail = ranks.failure(runs, nproc)
         if fail:
-            _err(f"invar: the pipeline failed: {fail}")
+            err(f"invar: the pipeline failed: {fail}")
             sys.exit(Exit.PIPELINE_CRASHED)
         return
-    cfg = _config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"])
+    cfg = trace_config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"], RECORD_SAMPLING)
     res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label=p["label"] or "trace")
     if not ranks.launched_by_invar():
-        click.echo(f"[rank {info.rank}/{info.world_size}] " + _run_summary(res))
+        click.echo(f"[rank {info.rank}/{info.world_size}] " + run_summary(res))
     if res.crashed:
-        _print_crash(res)
+        print_crash(res)
         sys.exit(Exit.PIPELINE_CRASHED)
 
 
 # -- infer --------------------------------------------------------------------------------------
 def infer(ctx: click.Context) -> None:
-    from invariants import ranks
-    from invariants.workflow import SEED_STRIDE
+    from invariants.app import ranks
     from tracer.distributed import RankInfo
     p = ctx.params
     if p.get("from_runs"):
-        _fail("--from mines stored runs: drop --nproc-per-node", Exit.BAD_INPUT)
+        raise UsageError("--from mines stored runs: drop --nproc-per-node")
     if not p.get("script"):
-        _fail("give a SCRIPT to trace", Exit.BAD_INPUT)
+        raise UsageError("give a SCRIPT to trace")
     n_runs = p["n_runs"]
     if n_runs < 1:
-        _fail(f"--runs must be >= 1, got {n_runs}", Exit.BAD_INPUT)
+        raise UsageError(f"--runs must be >= 1, got {n_runs}")
     info = RankInfo.from_env()
     if info is None:
         nproc = _nproc(ctx)
-        _err(f"invar: {n_runs} reference run(s) of {p['script']} on {nproc} ranks (torchrun) ...")
+        err(f"invar: {n_runs} reference run(s) of {p['script']} on {nproc} ranks (torchrun) ...")
         group, runs = _launch(ctx, "infer", nproc)
         _mine_and_write(ctx, runs, nproc)
         return
-    cfg = _config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"])
+    cfg = trace_config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"], RECORD_SAMPLING)
     for i in range(n_runs):
         if info.rank == 0:
-            _err(f"reference run {i + 1}/{n_runs}: tracing {p['steps'] or 'all'} steps on "
+            err(f"reference run {i + 1}/{n_runs}: tracing {p['steps'] or 'all'} steps on "
                  f"{info.world_size} ranks ...")
         res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info,
                                label=f"infer {i + 1}/{n_runs}", seed_offset=i * SEED_STRIDE, reference=i)
         if res.crashed or res.status == "terminated":
             if res.crashed:
-                _print_crash(res)
+                print_crash(res)
             sys.exit(Exit.PIPELINE_CRASHED)
     if ranks.launched_by_invar():
         return
     if info.rank != 0:
-        _err(f"invar: rank {info.rank} done; rank 0 mines the invariants")
+        err(f"invar: rank {info.rank} done; rank 0 mines the invariants")
         return
     runs = ranks.wait_for_group(p["store_dir"], info.group, info.world_size, n_runs)
     _mine_and_write(ctx, runs, info.world_size)
 
 
 def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int) -> None:
-    from invariants import ranks, workflow
+    from invariants.app import ranks, workflow
     p = ctx.params
     fail = ranks.failure(runs, nproc, p["n_runs"])
     if fail:
-        _err(f"invar: a reference run failed: {fail}")
-        _err("invar: the partial traces are kept in the store (`invar runs`)")
+        err(f"invar: a reference run failed: {fail}")
+        err("invar: the partial traces are kept in the store (`invar runs`)")
         sys.exit(Exit.PIPELINE_CRASHED)
     # Each rank's run of a reference run is one run to the miner.
     fix = f"use --runs {-(-workflow.PER_RUN_SUPPORT // nproc)} or more"
     outcome = workflow.infer_from_store(ranks.reference_run_ids(runs), p["store_dir"], support_fix=fix)
     outcome.invariants = ranks.mine_meta(outcome.invariants, nproc)
-    _write_invariants(outcome, p["output"], p["store_dir"], bool(p.get("explain")))
+    write_invariants(outcome, p["output"], p["store_dir"], bool(p.get("explain")))
 
 
 # -- check --------------------------------------------------------------------------------------
 def check(ctx: click.Context, invariants: Any) -> None:
-    from invariants import ranks
+    from invariants.app import ranks
     from tracer.distributed import RankInfo
     p = ctx.params
     if p["fail_fast"]:
-        _fail("--fail-fast is not supported on several ranks (all ranks must stop at the same step); "
-              "drop it", Exit.BAD_INPUT)
-    budget = p["steps"] if p["steps"] is not None else int(invariants.meta.get("steps") or 30)
+        raise UsageError("--fail-fast is not supported on several ranks (all ranks must stop at the same "
+                         "step); drop it")
+    budget = p["steps"] if p["steps"] is not None else reference_steps(invariants)
     info = RankInfo.from_env()
     if info is None:
         nproc = _nproc(ctx, invariants)
@@ -179,19 +180,19 @@ def check(ctx: click.Context, invariants: Any) -> None:
         _report(ctx, invariants, ranks.check_group(p["store_dir"], group, invariants, nproc, script=p["script"],
                                                    against=p["against"], fail_on=p["fail_on"]))
         return
-    cfg = _config(budget, p["dense_steps"], p["sample_every"], p["block_depth"], CHECK_SAMPLING)
+    cfg = trace_config(budget, p["dense_steps"], p["sample_every"], p["block_depth"], CHECK_SAMPLING)
     redirect = (contextlib.redirect_stdout(sys.stderr) if p["fmt"] != "text" and not p["output"]
                 else contextlib.nullcontext())
     with redirect:
         res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label="check",
                                seed_offset=ranks.seed_offset())
     if res.crashed:
-        _print_crash(res)
+        print_crash(res)
     code = Exit.PIPELINE_CRASHED if res.crashed else Exit.OK
     if ranks.launched_by_invar():
         sys.exit(code)
     if info.rank != 0:
-        _err(f"invar: rank {info.rank} done (run {res.run_id}); rank 0 prints the merged report")
+        err(f"invar: rank {info.rank} done (run {res.run_id}); rank 0 prints the merged report")
         sys.exit(code)
     ranks.wait_for_group(p["store_dir"], info.group, info.world_size)
     _report(ctx, invariants, ranks.check_group(p["store_dir"], info.group, invariants, info.world_size,
@@ -200,13 +201,8 @@ def check(ctx: click.Context, invariants: Any) -> None:
 
 def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
     from invariants import report as rep
-    from invariants import workflow
+    from invariants.app import workflow
     p = ctx.params
     result = workflow.coverage_from_store(result, invariants, p["store_dir"])  # what was not checked, and why
-    text = rep.RENDERERS[p["fmt"]](result)
-    if p["output"]:
-        Path(p["output"]).write_text(text + "\n", encoding="utf-8")
-        _err(f"report written to {p['output']}")
-    else:
-        click.echo(text)
+    write_report(rep.RENDERERS[p["fmt"]](result), p["output"])
     check_exit(result, to_stderr=p["fmt"] != "text" or bool(p["output"]), crashed="failed")

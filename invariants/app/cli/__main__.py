@@ -1,0 +1,4 @@
+"""`python -m invariants.app.cli`: the invar command."""
+from invariants.app.cli import main
+
+main()

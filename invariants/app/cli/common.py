@@ -1,0 +1,221 @@
+"""What every `invar` command shares: exit codes and the table mapping invar's errors to
+them, the options several commands take, and how results are written and exited on.
+
+Nothing heavy is imported here: torch, the tracer and the solver come in with the commands
+that run a script, so `--help`, `runs`, `show`, `sets`, `export` and `diff` start in a
+fraction of a second.
+"""
+from __future__ import annotations
+
+import enum
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple, Type
+
+import click
+
+from invariants.app.scripts import ScriptMissing, ScriptSyntax
+from invariants.app.store import Store, StoreCorrupt, StoreMissing, StoreUnwritable
+from invariants.app.workflow import PipelineCrashed, Sampling
+from invariants.errors import InvarError, UsageError
+from invariants.invfile import InvariantFileError
+
+
+class Exit(enum.IntEnum):
+    """Exit codes of every invar command (documented in `invar --help`)."""
+
+    OK = 0                # clean
+    VIOLATIONS = 1        # invariants violated at or above --fail-on
+    BAD_INPUT = 2         # bad usage, missing script, malformed invariant file
+    PIPELINE_CRASHED = 3  # the user's script raised or exited non-zero
+    SCRIPT_SYNTAX = 4     # the script is not valid Python
+    STORE_UNWRITABLE = 5  # the store directory cannot be created or written
+    STORE_CORRUPT = 6     # the store file is not a usable database
+    INTERNAL = 70         # a bug in invar: please report it
+
+
+EXIT_TEXT: Dict[Exit, str] = {
+    Exit.OK: "clean",
+    Exit.VIOLATIONS: "invariants violated (at or above --fail-on)",
+    Exit.BAD_INPUT: "bad usage, missing script or malformed invariant file",
+    Exit.PIPELINE_CRASHED: "the pipeline itself crashed",
+    Exit.SCRIPT_SYNTAX: "the script has a syntax error",
+    Exit.STORE_UNWRITABLE: "the store cannot be written",
+    Exit.STORE_CORRUPT: "the store file is corrupt",
+    Exit.INTERNAL: "an internal error in invar (please report it)",
+}
+
+# invar's errors and the exit code each means; the first class an error is an instance of
+# wins. An exception that is not an InvarError is an internal error.
+EXIT_CODES: Tuple[Tuple[Type[InvarError], Exit], ...] = (
+    (UsageError, Exit.BAD_INPUT),
+    (InvariantFileError, Exit.BAD_INPUT),
+    (ScriptSyntax, Exit.SCRIPT_SYNTAX),
+    (ScriptMissing, Exit.BAD_INPUT),
+    (StoreMissing, Exit.BAD_INPUT),
+    (StoreCorrupt, Exit.STORE_CORRUPT),
+    (StoreUnwritable, Exit.STORE_UNWRITABLE),
+    (PipelineCrashed, Exit.PIPELINE_CRASHED),
+)
+
+
+def exit_code(e: InvarError) -> Exit:
+    """The exit code of one of invar's errors (EXIT_CODES)."""
+    return next((code for cls, code in EXIT_CODES if isinstance(e, cls)), Exit.BAD_INPUT)
+
+
+def exit_help(*codes: Tuple[Exit, Optional[str]]) -> str:
+    """The `Exit codes: ...` epilog of a command: the codes it can return, each with its
+    own wording (None: the general one), and always the internal error last."""
+    items = list(codes) + [(Exit.INTERNAL, None)]
+    return "Exit codes: " + "; ".join(f"{int(c)} {text or EXIT_TEXT[c]}" for c, text in items) + "."
+
+
+EXIT_HELP = exit_help(*((c, None) for c in Exit if c is not Exit.INTERNAL))  # every command
+STORE_READ = ((Exit.BAD_INPUT, "bad usage, no store at --store, or no such (or an ambiguous) id"),
+              (Exit.STORE_CORRUPT, None))
+RUNS_SCRIPT = ((Exit.PIPELINE_CRASHED, None), (Exit.SCRIPT_SYNTAX, None), (Exit.STORE_UNWRITABLE, None),
+               (Exit.STORE_CORRUPT, None))
+READ_EXITS = exit_help((Exit.OK, "success"), *STORE_READ)
+
+
+def err(message: str) -> None:
+    """A line on stderr."""
+    click.echo(message, err=True)
+
+
+def warn(message: Optional[str]) -> None:
+    """`invar: warning: ...` on stderr (nothing for None)."""
+    if message:
+        err(f"invar: warning: {message}")
+
+
+# -- shared options ---------------------------------------------------------------------
+def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--store", "store_dir", default=".invar", show_default=True,
+                        envvar="INVAR_STORE", help="Directory of the trace store (SQLite).")(f)
+
+
+def script_arguments(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.argument("script_args", nargs=-1, type=click.UNPROCESSED)(f)
+    return click.argument("script", type=click.Path(dir_okay=False))(f)
+
+
+def trace_options(sampling: Sampling, ranks_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The tracing options of trace, infer and check, with this command's defaults."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        # Applied bottom-up: --help lists them in the reverse of this order.
+        f = click.option("--nproc-per-node", "nproc_per_node", type=int, default=None, metavar="N",
+                         help="Run SCRIPT on N local ranks under torchrun, one invar per rank "
+                              f"(docs/distributed.md).  [default: {ranks_default}]")(f)
+        f = click.option("--block-depth", default=1, show_default=True, metavar="N",
+                         help="Module levels below the root model that form a block.")(f)
+        f = click.option("--sample-every", default=sampling.every, show_default=True, type=int, metavar="N",
+                         help="After the dense steps, observe every N-th optimizer step.")(f)
+        return click.option("--dense-steps", default=sampling.dense, show_default=True, type=int, metavar="N",
+                            help="Observe every optimizer step before step N.")(f)
+    return decorate
+
+
+def trace_config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: int,
+                 sampling: Sampling) -> Any:
+    """The TraceConfig of the tracing options; UsageError for values out of range."""
+    from tracer.session import TraceConfig
+    for name, value in (("--steps", steps), ("--dense-steps", dense_steps), ("--sample-every", sample_every)):
+        if value is not None and value < 0:
+            raise UsageError(f"{name} must be >= 0, got {value}")
+    if block_depth < 1:
+        raise UsageError(f"--block-depth must be >= 1, got {block_depth}")
+    return TraceConfig(steps=steps, dense_steps=sampling.dense if dense_steps is None else dense_steps,
+                       sample_every=sampling.every if sample_every is None else sample_every,
+                       block_depth=block_depth)
+
+
+# -- results ----------------------------------------------------------------------------
+def run_summary(res: Any) -> str:
+    """What `invar trace` prints about a recorded run."""
+    budget = "" if res.status != "budget" else " (step budget reached)"
+    lines = [f"run {res.run_id}  {Path(res.script).name}  {res.status}",
+             f"  steps         {res.steps} optimizer steps{budget}",
+             f"  phases        {', '.join(res.phases) or 'none'}",
+             f"  variables     {res.variables} ({res.observations} observations)",
+             f"  graph         {res.graph}",
+             f"  faults        {'; '.join(res.faults) if res.faults else 'none'}",
+             f"  duration      {res.seconds:.2f} s"]
+    return "\n".join(lines)
+
+
+def print_crash(res: Any) -> None:
+    """The pipeline's own error and traceback, and where its partial trace is."""
+    err(f"invar: the pipeline crashed: {res.error}")
+    if res.traceback:
+        err(res.traceback.rstrip())
+    err(f"invar: the partial trace is kept as run {res.run_id}")
+
+
+def write_invariants(outcome: Any, output: str, store_dir: str, explain: bool) -> None:
+    """infer's ending (also on several ranks): refuse an empty reference, write the file,
+    keep a copy in the store, summarise."""
+    from invariants import invfile
+    from invariants.app import workflow
+    for w in outcome.warnings:
+        warn(w)
+    empty = workflow.nothing_learned(outcome)
+    if empty:
+        raise UsageError(f"nothing to learn, {output} not written: {empty}")
+    if not outcome.invariants.invariants:
+        warn("no candidate survived mining: the file holds no invariant (--explain says why each "
+             "was discarded)")
+    invfile.dump(outcome.invariants, output)
+    # A random suffix, as run ids have: two infers in one second must not replace each other.
+    set_id = "set-" + time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    with Store(store_dir) as store:
+        store.save_invariant_set(set_id, output, invfile.dumps(outcome.invariants, "json"))
+    click.echo(_infer_summary(outcome, output))
+    click.echo(f"also stored as invariant set {set_id} in {store_dir}")
+    if explain:
+        click.echo("\nDiscarded candidates")
+        for iid, reason in outcome.mined.discarded:
+            click.echo(f"  {iid}: {reason}")
+
+
+def _infer_summary(outcome: Any, output: str) -> str:
+    from collections import Counter
+    from invariants.variables import family_of
+    invs = outcome.invariants.invariants
+    by_family = Counter(family_of(i.target[0], i.when.phase) for i in invs)
+    by_sev = Counter(i.severity for i in invs)
+    lines = [f"wrote {len(invs)} invariants to {output} "
+             f"({by_sev.get('error', 0)} error, {by_sev.get('warning', 0)} warning; "
+             f"{outcome.mined.suppressed} implied ones suppressed, "
+             f"{len(outcome.mined.discarded)} candidates discarded; mined in {outcome.mined.seconds:.2f} s)"]
+    for fam, n in sorted(by_family.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {fam:<22} {n}")
+    lines.append(f"review it (`invar export {output} -o review.md`), then: "
+                 f"invar check SCRIPT --against {output}")
+    return "\n".join(lines)
+
+
+def write_report(text: str, output: Optional[str]) -> None:
+    """A rendered report to OUTPUT (saying so on stderr), else stdout."""
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        err(f"report written to {output}")
+    else:
+        click.echo(text)
+
+
+def check_exit(result: Any, to_stderr: bool, crashed: str = "crashed") -> None:
+    """Exits as a check's result says; a failure the report states only in its body is
+    repeated on stderr when the report is not text on the terminal."""
+    if result.crash:
+        err(f"invar: the pipeline {crashed}: {result.crash}")
+        sys.exit(Exit.PIPELINE_CRASHED)
+    if to_stderr:
+        for line in (result.failure, result.coverage_warning and "warning: " + result.coverage_warning):
+            if line:
+                err(f"invar: {line}")
+    if result.failed:
+        sys.exit(Exit.VIOLATIONS)

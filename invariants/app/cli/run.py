@@ -1,0 +1,118 @@
+"""The commands that run a script under the tracer: trace, infer, check."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from invariants.app.cli import distributed as ranked
+from invariants.app.cli.common import (RUNS_SCRIPT, Exit, check_exit, err, exit_help, print_crash, run_summary,
+                                       script_arguments, store_option, trace_config, trace_options, warn,
+                                       write_invariants, write_report)
+from invariants.app.scripts import check_script
+from invariants.app.store import Store
+from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING
+from invariants.errors import UsageError
+
+TRACE_EXITS = exit_help((Exit.OK, "the run was recorded"), (Exit.BAD_INPUT, "bad usage or missing script"),
+                        *RUNS_SCRIPT)
+INFER_EXITS = exit_help((Exit.OK, "the invariant file was written"),
+                        (Exit.BAD_INPUT, "bad usage, missing script or run, or nothing to learn "
+                                         "(the reference ran no optimizer step)"), *RUNS_SCRIPT)
+CHECK_EXITS = exit_help((Exit.OK, None), (Exit.VIOLATIONS, "invariants violated (at or above --fail-on), "
+                                                          "or nothing could be checked"),
+                        (Exit.BAD_INPUT, None), *RUNS_SCRIPT)
+
+
+@click.command(epilog=TRACE_EXITS)
+@script_arguments
+@click.option("--steps", default=0, show_default=True, help="End the run after K optimizer steps (0: run to the end).")
+@click.option("--label", default=None, help="A name for the run in `invar runs`.")
+@store_option
+@trace_options(RECORD_SAMPLING, "1 (no torchrun)")
+def trace(script: str, script_args: Sequence[str], steps: int, label: Optional[str], store_dir: str,
+          dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
+    """Run SCRIPT once under the tracer and record it in the store."""
+    check_script(script)
+    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+        return ranked.trace(click.get_current_context())
+    from invariants.app.record import trace_to_store
+    cfg = trace_config(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
+    with Store(store_dir) as store:
+        res = trace_to_store(store, script, script_args, cfg, label=label)
+    click.echo(run_summary(res))
+    if res.crashed:
+        print_crash(res)
+        sys.exit(Exit.PIPELINE_CRASHED)
+
+
+@click.command(epilog=INFER_EXITS)
+@click.argument("script", required=False, type=click.Path(dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--runs", "n_runs", default=3, show_default=True, help="Reference runs to trace (reseeded).")
+@click.option("--steps", default=30, show_default=True, help="Optimizer steps per reference run.")
+@click.option("-o", "--output", default="invariants.yaml", show_default=True,
+              help="Invariant file to write (.yaml or .json).")
+@click.option("--from", "from_runs", multiple=True, help="Mine stored runs instead of tracing (repeatable).")
+@click.option("--explain", is_flag=True, help="Also list every discarded candidate and why.")
+@store_option
+@trace_options(RECORD_SAMPLING, "1 (no torchrun)")
+def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps: int, output: str,
+          from_runs: Sequence[str], explain: bool, store_dir: str, dense_steps: int, sample_every: int,
+          block_depth: int, nproc_per_node: Optional[int]) -> None:
+    """Learn invariants from reference runs of SCRIPT and write them to a file."""
+    if not from_runs and not script:
+        raise UsageError("give a SCRIPT to trace, or --from RUN_ID to mine stored runs")
+    if n_runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {n_runs}")
+    if script and not from_runs:
+        check_script(script)  # before any progress line
+    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+        return ranked.infer(click.get_current_context())
+    from invariants.app import workflow
+    if from_runs:
+        outcome = workflow.infer_from_store(from_runs, store_dir)
+    else:
+        cfg = trace_config(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
+        warn(workflow.support_warning(n_runs))
+        try:
+            outcome = workflow.infer(script, script_args, runs=n_runs, steps=steps, store_dir=store_dir,
+                                     config=cfg, progress=err)
+        except workflow.PipelineCrashed as e:
+            print_crash(e.result)
+            sys.exit(Exit.PIPELINE_CRASHED)
+    write_invariants(outcome, output, store_dir, explain)
+
+
+@click.command(epilog=CHECK_EXITS)
+@script_arguments
+@click.option("--against", required=True, help="Invariant file (or stored invariant set id or unique prefix).")
+@click.option("--steps", default=None, type=int, help="Optimizer steps to trace [default: the reference's].")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
+              show_default=True)
+@click.option("-o", "--output", default=None, help="Write the report here instead of stdout.")
+@click.option("--fail-fast", is_flag=True, help="Stop the run at the first violation at or above --fail-on.")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
+@store_option
+@trace_options(CHECK_SAMPLING, "as many as the reference ran on")
+def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
+          output: Optional[str], fail_fast: bool, fail_on: str, store_dir: str, dense_steps: int,
+          sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
+    """Check SCRIPT against learned invariants while it runs."""
+    check_script(script)
+    from invariants import report as rep
+    from invariants.app import workflow
+    invs = workflow.load_invariants(against, store_dir)
+    if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
+        return ranked.check(click.get_current_context(), invs)
+    budget = steps if steps is not None else workflow.reference_steps(invs)
+    cfg = trace_config(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
+    # A machine-readable report owns stdout: the script's own prints go to stderr.
+    redirect = contextlib.redirect_stdout(sys.stderr) if fmt != "text" and not output else contextlib.nullcontext()
+    with redirect:
+        result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
+                                fail_on=fail_on, store_dir=store_dir, config=cfg)
+    write_report(rep.RENDERERS[fmt](result), output)
+    check_exit(result, to_stderr=fmt != "text" or bool(output))
