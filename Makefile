@@ -18,7 +18,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m unit
 
 bench: setup
 	$(VENV)/bin/invar bench

@@ -146,43 +146,6 @@ def extremum(target: str, assumptions: Sequence[Any], positive: Sequence[str], m
     return None if value >= UNBOUNDED else value
 
 
-def broadcast(a: Sequence[Any], b: Sequence[Any], timeout_ms: int = 2000) -> Result:
-    """Do two shapes (ints or symbol names, sizes ≥ 1) broadcast to more elements than either?"""
-    t = Translator()
-    z3 = t.z3
-
-    def dim(d: Any) -> Any:
-        return z3.IntVal(int(d), t.ctx) if str(d).isdigit() else t.symbol(str(d))
-
-    n = max(len(a), len(b))
-    pa = [z3.IntVal(1, t.ctx)] * (n - len(a)) + [dim(d) for d in a]
-    pb = [z3.IntVal(1, t.ctx)] * (n - len(b)) + [dim(d) for d in b]
-    s = z3.Solver(ctx=t.ctx)
-    s.set("timeout", timeout_ms)
-    out = []
-    for x, y in zip(pa, pb):
-        s.add(z3.Or(x == y, x == 1, y == 1))
-        out.append(z3.If(x == 1, y, x))
-    for v in t.symbols.values():
-        s.add(v >= 1)
-    na, nb, no = _product(pa), _product(pb), _product(out)
-    s.add(no > na, no > nb)
-    shape = f"[{', '.join(map(str, a))}] vs [{', '.join(map(str, b))}]"
-    r = s.check()
-    if r == z3.sat:
-        m = _model(t, s.model())
-        bshape = [str(max(_val(x, m), _val(y, m))) for x, y in zip(
-            [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b))]
-        return Counterexample(f"{shape} broadcast to [{', '.join(bshape)}], larger than either", m)
-    if r == z3.unsat:
-        return Proved(f"{shape} never broadcast to a larger shape")
-    return Unknown(f"z3 gave up on the broadcast of {shape}")
-
-
-def _val(d: Any, m: Dict[str, int]) -> int:
-    return int(d) if str(d).isdigit() else m.get(str(d), 1)
-
-
 def failing_guards(guards: Sequence[Tuple[Any, str]], values: Dict[Any, int]
                    ) -> Tuple[List[Tuple[Any, str]], bool]:
     """The cheap check before any solver: substitute concrete sizes into every guard.

@@ -1,11 +1,9 @@
-"""The corpus keeps its contract (docs/corpus.md), and its pipelines do what case.yaml says:
-references and ok variants learn, bugs run silently and show their measured symptoms."""
+"""The corpus keeps its contract (docs/corpus.md): read from the files, nothing runs."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from corpus import cases, measures, verify
 
@@ -58,19 +56,3 @@ def test_validation_reports_contract_breaks(tmp_path: Path) -> None:
 def test_learning_threshold() -> None:
     assert verify.learn_threshold(0.01) == pytest.approx(0.03)
     assert verify.learn_threshold(0.5) == pytest.approx(0.75)
-
-
-@pytest.mark.slow
-def test_corpus_verification_passes() -> None:
-    # One intra-op thread: on two shared cores torch's default of two threads per process
-    # oversubscribes them (measured: 178 s for the corpus with one thread under load, 396 s
-    # with two). The scripts themselves stay plain; only this process is pinned, and reset.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = verify.verify()
-    finally:
-        torch.set_num_threads(threads)
-    table = verify.render(rows)
-    assert all(r.passed() for r in rows), "\n" + table
-    assert {r.kind for r in rows} >= {"ref", "bug", "ok"}

@@ -1,0 +1,31 @@
+"""Quality, end to end: `invar eval corpus` finds every corpus bug with its root cause and
+raises no error-level false alarm on ok variants or fresh-seed reference runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_invar
+
+
+@pytest.mark.slow
+@pytest.mark.quality
+def test_corpus_detection_table(tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    r = run_invar("eval", "corpus", "--jobs", "2", "--format", "json", "-o", str(out), timeout=1500)
+    doc = json.loads(out.read_text())
+    t = doc["totals"]
+    missed = [(row["case"], row["variant"]) for row in doc["rows"] if row["kind"] == "bug" and not row["detected"]]
+    alarms = [(row["case"], row["variant"]) for row in doc["rows"] if row["kind"] != "bug" and row["errors"]]
+    assert not missed, f"bugs missed: {missed}"
+    assert not alarms, f"error-level false alarms: {alarms}"
+    assert t["recall"] == 1.0 and t["false_alarms"] == 0 and t["loo_false_alarms"] == 0
+    assert t["exact_root_cause"] >= 0.9, [(row["variant"], row["root_causes"]) for row in doc["rows"]
+                                           if row["kind"] == "bug" and not row["matched"]]
+    structural = [row for row in doc["rows"] if row["kind"] == "bug" and row["expected_severity"] == "error"
+                  and set(row["expected"]) & {"frozen", "no_gradient", "not_in_optimizer", "output_width",
+                                              "leakage", "input_size", "input_scale"}]
+    assert structural and all(row["first_step"] is not None and row["first_step"] <= 1 for row in structural), \
+        [(row["variant"], row["first_step"]) for row in structural]
+    assert r.returncode == 0, r.stderr[-2000:]
