@@ -55,10 +55,6 @@ class FrozenMap(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
 
-    def to_dict(self) -> Dict[str, Any]:
-        """A mutable deep copy, for serialisation."""
-        return _copy_plain(self._data)
-
 
 def _copy_plain(v: Any) -> Any:
     if isinstance(v, Mapping):

@@ -204,7 +204,7 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         side_min = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, False, timeout_ms)
         side_max = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, True, timeout_ms)
         # each bound says the next side is rejected: confirmed concretely like any rejection
-        for which, step in (("side_min", -1), ("side_max", 1)):
+        for step in (-1, 1):
             bound = side_min if step < 0 else side_max
             if bound is None or (step < 0 and bound <= 1):
                 continue

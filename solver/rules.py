@@ -15,8 +15,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # RNNBase.mode -> gate blocks
-
 
 def rnn_forward(m: nn.RNNBase, input: Any, hx: Any = None) -> Tuple[torch.Tensor, Any]:
     """nn.LSTM / nn.GRU / nn.RNN forward on shapes: output, h_n (and c_n) as torch returns.

@@ -250,10 +250,6 @@ class Store:
             "SELECT phase, variable, MIN(step), MAX(step) FROM observations WHERE run_id = ? "
             "GROUP BY phase, variable", (run_id,))}
 
-    def invariant_set(self, set_id: str) -> Optional[str]:
-        row = self._db.execute("SELECT body FROM invariant_sets WHERE id = ?", (set_id,)).fetchone()
-        return row[0] if row else None
-
     def find_invariant_set(self, set_id: str) -> Optional[SetInfo]:
         """The set with this id or a unique id prefix; None if none, StoreMissing if ambiguous."""
         rows = self._db.execute("SELECT id, created, label, body FROM invariant_sets "
