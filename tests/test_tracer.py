@@ -68,14 +68,17 @@ def test_script_crash_exits_3_keeps_partial_trace_and_prints_traceback(store: Pa
 def test_script_features_are_supported() -> None:
     # __main__ guard, argparse after --, sibling import, functional loss, two param groups,
     # a shape-dependent `if` (fx falls back to the module graph), sys.exit(0).
-    res, rows = _rows("--functional", "--exit-zero")
+    from tracer.graph import GraphCapture
+    graph = GraphCapture()
+    res, rows = _rows("--functional", "--exit-zero", extensions=[graph])
     assert res.status == "complete", res.error
     assert res.steps == 12
     assert _values(rows, "optim.groups")[0] == 2.0
     assert _values(rows, "optim.g1.lr")[0] == 0.1
     assert _values(rows, "loss.value")
     assert _values(rows, "label.max")
-    assert "module-call graph" in res.graph and "control flow" in res.graph
+    assert "module-call graph" in graph.summary() and "control flow" in graph.summary()
+    assert graph.record is not None and graph.record.kind == "modules" and res.root_model
 
 
 def test_step_budget_and_recorded_variables() -> None:
@@ -354,3 +357,50 @@ def test_torchscript_compiles_inside_a_traced_run() -> None:
         scripted = torch.jit.script(Scripted())
         assert torch.isfinite(scripted(torch.randn(2, 4)))
     assert torch.nn.functional.relu is not None and torch.jit.script.__module__.startswith("torch")
+
+
+def test_extensions_see_the_run_in_order_and_their_faults_stay_inside() -> None:
+    from tracer.extension import Extension
+
+    class Watcher(Extension):
+        name = "watcher"
+
+        def __init__(self) -> None:
+            self.events: list = []
+
+        def attach(self, session) -> None:
+            self.events.append("attach")
+
+        def on_first_call(self, session, root, args) -> None:
+            self.events.append("first")
+
+        def on_input(self, session, root, args) -> None:
+            self.events.append("input")
+
+        def on_output(self, session, root, output) -> None:
+            self.events.append("output")
+
+        def on_step(self, session, optimizer) -> None:
+            self.events.append("step")
+            session.record("train", "watch.step", session.step)
+
+        def on_end(self, session) -> None:
+            self.events.append("end")
+
+        def facts(self) -> dict:
+            return {"steps_watched": self.events.count("step")}
+
+    class Broken(Extension):
+        name = "broken"
+
+        def on_input(self, session, root, args) -> None:
+            raise ValueError("extension bug")
+
+    watcher = Watcher()
+    res, rows = _rows(steps=2, extensions=[Broken(), watcher])
+    assert res.status == "budget" and res.steps == 2
+    assert watcher.events[:4] == ["attach", "first", "input", "output"] and watcher.events[-1] == "end"
+    assert _values(rows, "watch.step") == [0.0, 1.0]
+    assert res.faults == ["broken: ValueError: extension bug"]  # recorded once, then silenced
+    assert res.facts == {"steps_watched": 2}
+    assert _values(rows, "input.shape")  # the built-in observers are not affected

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from tracer.blocks import block_map
+from tracer.extension import Extension
 
 MAX_SAMPLES = 64   # sample fingerprints exchanged per rank and step
 MAX_BLOCKS = 64    # blocks compared one by one; the rest are folded into the last slot
@@ -192,7 +193,7 @@ def _layout_hash(names: Sequence[str], shapes: Sequence[Tuple[int, ...]]) -> flo
 
 
 # -- the observer -------------------------------------------------------------------------
-class CrossRankObserver:
+class CrossRankObserver(Extension):
     """Session extension comparing the ranks of a distributed job at observed steps.
 
     Records nothing unless `torch.distributed` is initialised when the step happens."""

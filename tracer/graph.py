@@ -1,4 +1,5 @@
-"""GraphRecord: the root model's torch.fx graph with concrete shapes from the first batch.
+"""GraphRecord: the root model's torch.fx graph with concrete shapes from the first batch,
+captured by the `GraphCapture` extension.
 
 Shapes come from the real forward the tracer already observed (module hooks), never from
 an extra forward: re-running the model would update BatchNorm statistics and consume
@@ -8,10 +9,17 @@ falls back to the module-call graph seen by the hooks, with the reason recorded.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import fx, nn
+
+from tracer.extension import Extension
+
+if TYPE_CHECKING:
+    from tracer.session import TraceSession
+
+ModuleCall = Tuple[str, str, List[List[int]]]  # qualified name, class, output shapes
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,34 @@ def _arg_names(args: Any) -> List[str]:
     return names
 
 
-def capture(root: nn.Module, module_calls: List[Tuple[str, str, List[List[int]]]]) -> GraphRecord:
+class GraphCapture(Extension):
+    """Captures the GraphRecord at the end of the first recorded root call, from the module
+    calls the session saw during it; `record` is None when the model was never called."""
+
+    name = "graph"
+
+    def __init__(self) -> None:
+        self.record: Optional[GraphRecord] = None
+        self._calls: Optional[List[ModuleCall]] = None  # collecting while not None
+
+    def on_first_call(self, session: "TraceSession", root: nn.Module, args: tuple) -> None:
+        self._calls = []
+
+    def on_module_output(self, session: "TraceSession", module: nn.Module, output: Any) -> None:
+        if self._calls is not None:
+            self._calls.append((session.module_name(module), type(module).__name__, output_shapes(output)))
+
+    def on_output(self, session: "TraceSession", root: nn.Module, output: Any) -> None:
+        if self._calls is not None:
+            calls, self._calls = self._calls, None
+            self.record = capture(root, calls)
+
+    def summary(self) -> str:
+        """One line: what was captured, or why nothing was."""
+        return self.record.summary() if self.record else "not captured (the root model was never called)"
+
+
+def capture(root: nn.Module, module_calls: List[ModuleCall]) -> GraphRecord:
     """Builds the record; `module_calls` are (qualified name, class, output shapes) in call order."""
     shapes = {name: out for name, _, out in module_calls}
     try:

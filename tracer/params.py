@@ -1,6 +1,7 @@
 """Per-block parameter observations at `optimizer.step()`: counts, trainable and optimizer
-fractions, missing gradients, gradient norms and update ratios, and the optimizer's
-hyperparameters (docs/observations.md, `block.*` and `optim.*`)."""
+fractions, missing gradients, gradient norms and update ratios; and the optimizer's type,
+hyperparameters, learning-rate decay and `zero_grad()` calls (docs/observations.md,
+`block.*` and `optim.*`)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Set, Tuple
@@ -92,6 +93,33 @@ class ParameterObserver:
                         (d2[k] ** 0.5) / (w2[k] ** 0.5) if w2[k] > 0 else 0.0) for k in d2]
 
         p.tensor(torch.cat([dn, wn.to(dn.device)]), build)
+
+
+class OptimizerObserver:
+    """The primary optimizer at its observed steps; counts `zero_grad()` calls between steps."""
+
+    def __init__(self) -> None:
+        self._lr_peak = 0.0
+        self._zero_grad_calls = 0
+
+    def zero_grad_called(self) -> None:
+        self._zero_grad_calls += 1
+
+    def record_zero_grads(self, p: Pending, step: int) -> None:
+        # From step 1: zero_grad() may come before or after the forward, not at step 0.
+        if step > 0:
+            p.value(step, "train", "optim.zero_grad_calls", self._zero_grad_calls)
+
+    def before_step(self, p: Pending, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Type and hyperparameters; the learning rate as a fraction of its peak so far."""
+        lr = optimizer_stats(p, step, optimizer)
+        if lr is not None and lr > 0:
+            # Decay from the peak so far: a warm-up never lowers it, a collapse does.
+            self._lr_peak = max(self._lr_peak, lr)
+            p.value(step, "train", "optim.lr_fraction_of_peak", lr / self._lr_peak)
+
+    def next_step(self) -> None:
+        self._zero_grad_calls = 0
 
 
 def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> Optional[float]:

@@ -11,6 +11,9 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 # Functional losses (loss modules call these too, through `F.<name>`).
 LOSS_FUNCTIONS = (
@@ -76,6 +79,53 @@ def jit_patches(stack: contextlib.ExitStack) -> None:
                 return original(*args, **kwargs)
         return script
     stack.enter_context(patched(torch.jit, "script", make))
+
+
+def _constructed(on_created: Callable[[Any], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """For `patched(cls, "__init__", ...)`: the original constructor, then `on_created(obj)`."""
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __init__(self_: Any, *args: Any, **kwargs: Any) -> None:
+            original(self_, *args, **kwargs)
+            on_created(self_)
+        return __init__
+    return make
+
+
+def optimizer_patches(stack: contextlib.ExitStack, on_created: Callable[[Any], None],
+                      on_zero_grad: Callable[[], None]) -> None:
+    """`on_created(optimizer)` once an optimizer is constructed; `on_zero_grad()` before
+    every `zero_grad()` of an optimizer or a module."""
+    def zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
+        def zero_grad(self_: Any, *args: Any, **kwargs: Any) -> Any:
+            on_zero_grad()
+            return original(self_, *args, **kwargs)
+        return zero_grad
+
+    stack.enter_context(patched(torch.optim.Optimizer, "__init__", _constructed(on_created)))
+    stack.enter_context(patched(torch.optim.Optimizer, "zero_grad", zero_grad))
+    stack.enter_context(patched(nn.Module, "zero_grad", zero_grad))
+
+
+def loader_patches(stack: contextlib.ExitStack, on_created: Callable[[Any], None],
+                   on_pass: Callable[[Any, Any], None], on_fetch: Callable[[Any], None]) -> None:
+    """`on_created(loader)` once a DataLoader is constructed, `on_pass(loader, iterator)`
+    once `iter(loader)` returned, `on_fetch(iterator)` before each batch is fetched."""
+    def iterate(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __iter__(self_: Any) -> Any:
+            it = original(self_)
+            on_pass(self_, it)
+            return it
+        return __iter__
+
+    def fetch(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __next__(self_: Any) -> Any:
+            on_fetch(self_)
+            return original(self_)
+        return __next__
+
+    stack.enter_context(patched(DataLoader, "__init__", _constructed(on_created)))
+    stack.enter_context(patched(DataLoader, "__iter__", iterate))
+    stack.enter_context(patched(_BaseDataLoaderIter, "__next__", fetch))
 
 
 def loss_patches(stack: contextlib.ExitStack, on_loss: Callable[[str, tuple, Any], None]) -> None:

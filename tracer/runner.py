@@ -15,11 +15,12 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from tracer.extension import Extension
 from tracer.pending import Row
 from tracer.session import StepBudgetReached, StopRequested, TraceConfig, TraceSession
 
@@ -36,7 +37,9 @@ class RunResult:
     error: Optional[str] = None       # one line
     traceback: Optional[str] = None   # the script's own traceback
     faults: List[str] = field(default_factory=list)
-    graph: Optional[str] = None       # one-line summary, or why there is none
+    graph: Optional[str] = None       # one-line summary, or why there is none (set by whoever captured it)
+    root_model: Optional[str] = None  # class of the root model (None: no model was trained)
+    facts: Dict[str, Any] = field(default_factory=dict)  # from the extensions' facts()
     variables: int = 0
     phases: List[str] = field(default_factory=list)
     observations: int = 0
@@ -97,10 +100,9 @@ def _script_traceback(exc: BaseException, script: Path) -> str:
 
 def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConfig,
                sink: Callable[[List[Row]], None], *, seed_offset: int = 0,
-               on_first_forward: Optional[Callable[..., None]] = None,
-               on_session: Optional[Callable[[TraceSession], None]] = None,
-               extensions: Sequence[Any] = ()) -> RunResult:
-    """Runs the script under a TraceSession; observations go to `sink` as they are flushed."""
+               extensions: Sequence[Extension] = ()) -> RunResult:
+    """Runs the script under a TraceSession with `extensions`; observations go to `sink`
+    as they are flushed."""
     path = Path(script).resolve()
     counted = [0]
 
@@ -108,18 +110,23 @@ def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConf
         counted[0] += len(rows)
         sink(rows)
 
-    session = TraceSession(config, counting_sink, on_first_forward=on_first_forward, extensions=extensions)
-    if on_session is not None:
-        on_session(session)
+    session = TraceSession(config, counting_sink, extensions=extensions)
     start = time.perf_counter()
     with script_environment(path, args), reseeded(seed_offset), session:
         status, error, tb = _execute(path)
     seconds = time.perf_counter() - start
-    graph = session.graph.summary() if session.graph else "not captured (the root model was never called)"
+    root = session.root
+    faults, facts = list(session.faults), {}
+    for ext in session.extensions:
+        try:
+            facts.update(ext.facts())
+        except Exception as e:  # an extension's bug costs its facts, not the run's record
+            faults.append(f"{ext.name}: facts: {type(e).__name__}: {e}"[:500])
     return RunResult(run_id=None, script=str(path), status=status, steps=session.step,
-                     seconds=seconds, error=error, traceback=tb, faults=list(session.faults),
-                     graph=graph, variables=len(session.variables), phases=sorted(session.phases),
-                     observations=counted[0], stop_reason=session.stop_reason)
+                     seconds=seconds, error=error, traceback=tb, faults=faults,
+                     variables=len(session.variables), phases=sorted(session.phases),
+                     observations=counted[0], stop_reason=session.stop_reason,
+                     root_model=type(root).__name__ if root is not None else None, facts=facts)
 
 
 def _execute(path: Path) -> "tuple[str, Optional[str], Optional[str]]":

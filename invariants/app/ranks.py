@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from invariants.app.record import trace_to_store
 from invariants.app.static import StaticPhase
-from invariants.app.static import hooks as static_hooks
 from invariants.app.store import RunInfo, Store
 from invariants.check import Checker, Violation
 from invariants.explain import explain
@@ -111,6 +110,13 @@ def check_launched(script: str, args: Sequence[str], against: str, invariants: I
 
 
 # -- per rank -------------------------------------------------------------------------------
+class RankStaticPhase(StaticPhase):
+    """The static phase of a rank: the solver analyses the model a DDP wrapper holds."""
+
+    def model(self, root: Any) -> Any:
+        return root.module if isinstance(root, WRAPPERS) else root
+
+
 def trace_rank(store_dir: str, script: str, args: Sequence[str], config: TraceConfig, info: RankInfo,
                *, label: str, seed_offset: int = 0, reference: Optional[int] = None) -> RunResult:
     """Traces this rank's run of the script with the cross-rank observer; writes every
@@ -118,17 +124,11 @@ def trace_rank(store_dir: str, script: str, args: Sequence[str], config: TraceCo
     facts: Dict[str, Any] = {"group": info.group, "rank": info.rank, "world_size": info.world_size}
     if reference is not None:
         facts["reference"] = reference
-    static = StaticPhase()
-
-    def first_forward(model: Any, inputs: tuple) -> None:  # the static phase sees the wrapped model
-        static(model.module if isinstance(model, WRAPPERS) else model, inputs)
-
     with Store(store_dir) as store, sigterm_ends_run() as terminated:
         try:
             res = trace_to_store(store, script, args, config, label=f"{label} rank {info.rank}/{info.world_size}",
-                                 seed_offset=seed_offset, extensions=[CrossRankObserver()], rank=info.rank,
-                                 world_size=info.world_size, facts=facts, write_batch=1,
-                                 on_first_forward=first_forward, on_session=static_hooks(static))
+                                 seed_offset=seed_offset, extensions=[RankStaticPhase(), CrossRankObserver()],
+                                 rank=info.rank, world_size=info.world_size, facts=facts, write_batch=1)
         finally:
             destroy_default_group(reference or 0)  # a stopped script left it open; the next run opens it
         if terminated and res.run_id:

@@ -1,5 +1,5 @@
 """Record a traced run in the store: the run, its observations as they are flushed, its
-graph and facts, and how it ended."""
+graph (captured by the tracer's GraphCapture extension) and facts, and how it ended."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,10 @@ import torch
 from invariants.app.scripts import check_script
 from invariants.app.store import Store
 from invariants.observation import Observation
+from tracer.extension import Extension
+from tracer.graph import GraphCapture
 from tracer.runner import RunResult, run_script
-from tracer.session import TraceConfig, TraceSession
+from tracer.session import TraceConfig
 
 WRITE_BATCH = 5000
 
@@ -38,22 +40,20 @@ class BufferedWriter:
 def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str], config: TraceConfig,
                    *, label: Optional[str] = None, seed_offset: int = 0,
                    listeners: Sequence[Callable[[List[Observation]], None]] = (),
-                   on_first_forward: Optional[Callable[..., None]] = None,
-                   on_session: Optional[Callable[[TraceSession], None]] = None,
-                   extensions: Sequence[Any] = (), rank: int = 0, world_size: int = 1,
+                   extensions: Sequence[Extension] = (), rank: int = 0, world_size: int = 1,
                    facts: Optional[Dict[str, Any]] = None, write_batch: int = WRITE_BATCH) -> RunResult:
-    """Runs the script traced and records run, observations, graph and facts in `store`.
+    """Runs the script traced (with `extensions`, and a GraphCapture of its own) and records
+    run, observations, graph and facts in `store`; `listeners` see the rows of each flush.
 
     Distributed ranks pass their `rank`/`world_size`, `facts` recorded before the run starts
     (the launch group, so that a killed rank's partial trace is still found) and
-    `write_batch=1` (every flush written at once: a killed rank loses at most one step)."""
+    `write_batch=1` (every flush written at once: a killed rank loses at most one step).
+    The extensions' own facts are recorded after the run, before it is marked ended."""
     path = check_script(script)
     run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset,
                            rank=rank, world_size=world_size)
     for key, value in (facts or {}).items():
         store.set_fact(run_id, key, value)
-    sessions: List[TraceSession] = []
-
     writer = BufferedWriter(store, run_id, write_batch)
 
     def sink(rows: List[Observation]) -> None:
@@ -61,26 +61,22 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
         for listen in listeners:
             listen(rows)
 
-    def keep(session: TraceSession) -> None:
-        sessions.append(session)
-        if on_session is not None:
-            on_session(session)
-
+    graph = GraphCapture()
     try:
-        result = run_script(path, args, config, sink, seed_offset=seed_offset,
-                            on_first_forward=on_first_forward, on_session=keep, extensions=extensions)
+        result = run_script(path, args, config, sink, seed_offset=seed_offset, extensions=[*extensions, graph])
     finally:
         writer.close()
     result.run_id = run_id
-    session = sessions[0]
-    if session.graph is not None:
-        store.set_graph(run_id, session.graph.to_json())
-    root = session.root
-    store.set_fact(run_id, "root_model", type(root).__name__ if root is not None else None)
+    result.graph = graph.summary()
+    if graph.record is not None:
+        store.set_graph(run_id, graph.record.to_json())
+    store.set_fact(run_id, "root_model", result.root_model)
     store.set_fact(run_id, "graph", result.graph)
     store.set_fact(run_id, "seconds", round(result.seconds, 3))
     store.set_fact(run_id, "torch", str(torch.__version__))
     if result.faults:
         store.set_fact(run_id, "faults", result.faults)
+    for key, value in result.facts.items():
+        store.set_fact(run_id, key, value)
     store.finish_run(run_id, result.status, result.steps, result.error)
     return result

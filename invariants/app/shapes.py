@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 import solver
+from tracer import data as datamod
+from tracer.extension import Extension
+from tracer.model_io import model_input
 from tracer.runner import run_script
 from tracer.session import StopRequested, TraceConfig, TraceSession
-from tracer import data as datamod
 
 
 @dataclass
@@ -58,22 +60,29 @@ class ShapesOutcome:
         return "\n".join(lines)
 
 
-def run(script: str, args: Sequence[str], probes: Sequence[Tuple[int, ...]] = ()) -> ShapesOutcome:
-    """Runs the script until the root model's first call and analyses that call."""
-    box: List[ShapesOutcome] = []
-    sessions: List[TraceSession] = []
+class ShapeAnalysis(Extension):
+    """Analyses the root model's first call and ends the run; `outcome` holds the result."""
 
-    def first_forward(model: torch.nn.Module, fargs: tuple) -> None:
-        x = next((a for a in fargs if isinstance(a, torch.Tensor)), None)
-        classes = _label_classes(sessions[0]) if sessions else None
-        report = solver.analyse(model, fargs, label_classes=classes, probes=probes)
-        box.append(ShapesOutcome(report, tuple(x.shape) if x is not None else (), classes))
+    name = "shapes"
+
+    def __init__(self, probes: Sequence[Tuple[int, ...]] = ()):
+        self.probes = probes
+        self.outcome: Optional[ShapesOutcome] = None
+
+    def on_first_call(self, session: TraceSession, root: torch.nn.Module, args: tuple) -> None:
+        x = model_input(args)
+        classes = _label_classes(session)
+        report = solver.analyse(root, args, label_classes=classes, probes=self.probes)
+        self.outcome = ShapesOutcome(report, tuple(x.shape) if x is not None else (), classes)
         raise StopRequested("static analysis done")
 
-    res = run_script(script, args, TraceConfig(steps=1), lambda rows: None,
-                     on_first_forward=first_forward, on_session=sessions.append)
-    if box:
-        return box[0]
+
+def run(script: str, args: Sequence[str], probes: Sequence[Tuple[int, ...]] = ()) -> ShapesOutcome:
+    """Runs the script until the root model's first call and analyses that call."""
+    analysis = ShapeAnalysis(probes)
+    res = run_script(script, args, TraceConfig(steps=1), lambda rows: None, extensions=[analysis])
+    if analysis.outcome is not None:
+        return analysis.outcome
     return ShapesOutcome(None, (), None, res.error or "the script ended before calling a model "
                          "whose parameters an optimizer holds", res.crashed)
 

@@ -1,36 +1,42 @@
 """The static phase of infer and check: solver answers recorded as `static.*` variables.
 
-Runs once, at the root model's first call (before its first optimizer step), with the
-tracer quiet; the answers become ordinary observations at step 0, so `infer` mines them
-and `check` reports their violations at step 0 like any other invariant.
+A session extension: runs once, at the root model's first call (before its first
+optimizer step), with the tracer quiet; the answers become ordinary observations at step
+0, so `infer` mines them and `check` reports their violations at step 0 like any other
+invariant.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import torch
 
 import solver
+from tracer.extension import Extension
+from tracer.model_io import model_input
 from tracer.session import TraceSession
 
 
-class StaticPhase:
-    """An `on_first_forward` callback; `attach(session)` before the run starts."""
+class StaticPhase(Extension):
+    """The static phase as a session extension; `report` holds the solver's answers after
+    the run (None when the model was never called or had no tensor input)."""
+
+    name = "static"
 
     def __init__(self) -> None:
-        self.session: Optional[TraceSession] = None
         self.report: Optional[solver.ShapeReport] = None
 
-    def attach(self, session: TraceSession) -> None:
-        self.session = session
+    def model(self, root: torch.nn.Module) -> torch.nn.Module:
+        """The model the solver analyses (the root model itself here)."""
+        return root
 
-    def __call__(self, model: torch.nn.Module, args: tuple) -> None:
-        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        if x is None or self.session is None or x.dim() == 0:
+    def on_first_call(self, session: TraceSession, root: torch.nn.Module, args: tuple) -> None:
+        x = model_input(args)
+        if x is None or x.dim() == 0:
             return
-        report = solver.analyse(model, args)
+        report = solver.analyse(self.model(root), args)
         self.report = report
-        shape, rec = tuple(int(d) for d in x.shape), self.session.record
+        shape, rec = tuple(int(d) for d in x.shape), session.record
         if not isinstance(report.batch_polymorphic, solver.Unknown):
             rec("train", "static.output_polymorphic", isinstance(report.batch_polymorphic, solver.Proved))
         flops, act = report.cost_at(shape)
@@ -41,16 +47,6 @@ class StaticPhase:
         pre = solver.prepool_stage(report, shape)
         if pre is not None:
             rec("train", "static.prepool_map", "x".join(str(d) for d in pre[1]))
-
-
-def hooks(static: StaticPhase, others: Optional[Callable[[TraceSession], None]] = None
-          ) -> Callable[[TraceSession], None]:
-    """An `on_session` callback attaching the static phase (and calling `others`)."""
-    def on_session(session: TraceSession) -> None:
-        static.attach(session)
-        if others is not None:
-            others(session)
-    return on_session
 
 
 def describe(report: Optional[solver.ShapeReport]) -> List[str]:

@@ -1,8 +1,9 @@
 """The two workflows: trace reference runs and mine them (infer), trace a candidate and
 check it as it runs (check); and loading the invariants a check is against.
 
-torch, the tracer and the solver are imported by the functions that run a script, so that
-the file-only commands (`export`, `diff`, `sets`) load in a fraction of a second.
+torch, the tracer's session and the solver are imported by the functions that run a script,
+so that the file-only commands (`export`, `diff`, `sets`) load in a fraction of a second
+(tracer.extension, the protocol FailFast implements, imports no torch).
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from invariants import __version__, invfile, policy
 from invariants.app.store import DB_NAME, Store
 from invariants.errors import InvarError
 from invariants.model import InvariantSet, at_least
+from tracer.extension import Extension
 
 if TYPE_CHECKING:
+    from invariants.check import Violation
     from invariants.mine import MineResult
     from invariants.report import CheckReport
     from tracer.runner import RunResult
-    from tracer.session import TraceConfig
+    from tracer.session import TraceConfig, TraceSession
 
 
 class Sampling(NamedTuple):
@@ -124,7 +127,6 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
     from invariants.app.record import trace_to_store
     from invariants.app.scripts import check_script
     from invariants.app.static import StaticPhase
-    from invariants.app.static import hooks as static_hooks
     from invariants.mine import mine
     from tracer.session import TraceConfig
     check_script(script)  # a missing script fails before any progress line
@@ -134,10 +136,9 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
         for i in range(runs):
             collected: List[Any] = []
             progress(f"reference run {i + 1}/{runs}: tracing {steps or 'all'} steps of {script} ...")
-            static = StaticPhase()
             res = trace_to_store(store, script, args, cfg, label=f"infer {i + 1}/{runs}",
                                  seed_offset=i * SEED_STRIDE, listeners=[collected.extend],
-                                 on_first_forward=static, on_session=static_hooks(static))
+                                 extensions=[StaticPhase()])
             progress(f"reference run {i + 1}/{runs}: {res.status}, {res.steps} steps, "
                      f"{res.observations} observations, {res.seconds:.1f} s (run {res.run_id})")
             if res.crashed:
@@ -179,6 +180,24 @@ def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Option
             "torch": str(torch.__version__), "invar": __version__}
 
 
+class FailFast(Extension):
+    """`check --fail-fast`: the first violation at `fail_on` or worse ends the run at the
+    next optimizer step (the checker calls `on_violation` while the step's rows flush)."""
+
+    name = "fail_fast"
+
+    def __init__(self, fail_on: str):
+        self.fail_on = fail_on
+        self._session: Optional["TraceSession"] = None
+
+    def attach(self, session: "TraceSession") -> None:
+        self._session = session
+
+    def on_violation(self, v: "Violation") -> None:
+        if at_least(v.severity, self.fail_on) and self._session is not None:
+            self._session.request_stop(f"--fail-fast: {v.id} violated at step {v.step}")
+
+
 def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against: str = "",
           steps: Optional[int] = None, fail_fast: bool = False, fail_on: str = "error",
           store_dir: str = ".invar", config: Optional["TraceConfig"] = None,
@@ -187,24 +206,18 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
     from invariants.app.record import trace_to_store
     from invariants.app.static import StaticPhase
     from invariants.app.static import describe as describe_static
-    from invariants.app.static import hooks as static_hooks
-    from invariants.check import Checker, Violation
+    from invariants.check import Checker
     from invariants.explain import explain
     from invariants.report import CheckReport
-    from tracer.session import TraceConfig, TraceSession
+    from tracer.session import TraceConfig
     budget = steps if steps is not None else reference_steps(invariants)
     cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_SAMPLING.dense, sample_every=CHECK_SAMPLING.every)
-    sessions: List[TraceSession] = []
-    def on_violation(v: Violation) -> None:
-        if fail_fast and at_least(v.severity, fail_on) and sessions:
-            sessions[0].request_stop(f"--fail-fast: {v.id} violated at step {v.step}")
-
-    checker = Checker(invariants, on_violation=on_violation)
+    stopper = FailFast(fail_on) if fail_fast else None
+    checker = Checker(invariants, on_violation=stopper.on_violation if stopper else None)
     static = StaticPhase()
     with Store(store_dir) as store:
         res = trace_to_store(store, script, args, cfg, label="check", listeners=[checker.feed],
-                             on_first_forward=static, on_session=static_hooks(static, sessions.append),
-                             seed_offset=seed_offset)
+                             extensions=[static] + ([stopper] if stopper else []), seed_offset=seed_offset)
         seen = store.variable_steps(res.run_id) if res.run_id else {}
     checker.finish()
     violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))

@@ -1,0 +1,75 @@
+"""Extension: the one way to add an observer to a traced run from outside the session.
+
+Pass extensions to `TraceSession(..., extensions=[...])` (or `run_script`, or the
+application's `trace_to_store`). The session calls their methods at fixed points of the
+run, in the order the extensions were given and after its own observers. Every call is
+fault-guarded like a built-in observer: an exception is recorded as a `tracer.fault`
+observation (`<name>: <error>`) and silences that extension for the rest of the run; it
+never reaches the user's program. Inside every call the tracer is quiet, so model code an
+extension runs is not observed. An extension may raise `StopRequested` to end the run at
+once (`invar shapes` does after its analysis) or call `session.request_stop(reason)` to
+end it at the next optimizer step.
+
+An extension records through `session.record(phase, variable, value)` (at the current
+step), and reads `session.step`, `session.observed(step)`, `session.root`,
+`session.config`, `session.current_loader()` and `session.module_name(module)`. Whatever
+it learned is read from the extension object after the run; run-level facts for the
+store come back through `facts()` in `RunResult.facts`.
+
+Subclass `Extension` and override what you need: each method is a no-op by default, and
+the session dispatches an event only to the extensions that override it (module outputs
+are frequent).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tracer.session import TraceSession
+
+
+class Extension:
+    """An observer outside the session; see the module docstring for the contract."""
+
+    name = "extension"  # names its faults (`tracer.fault`) and what a fault silences
+
+    def attach(self, session: "TraceSession") -> None:
+        """When the session starts, before its hooks are installed."""
+
+    def on_first_call(self, session: "TraceSession", root: "nn.Module", args: tuple) -> None:
+        """Once, at the root model's first call, before its forward runs (static analyses)."""
+
+    def on_input(self, session: "TraceSession", root: "nn.Module", args: tuple) -> None:
+        """At every call of the root model the session sees, after the built-in input
+        observations. (The rest of an unobserved training step runs without module hooks,
+        so its further calls, e.g. gradient accumulation's micro-batches, are not seen.)"""
+
+    def on_module_output(self, session: "TraceSession", module: "nn.Module", output: Any) -> None:
+        """After each module call inside a recorded root call (`session.module_name(module)`
+        names it)."""
+
+    def on_output(self, session: "TraceSession", root: "nn.Module", output: Any) -> None:
+        """At the end of a recorded root call, after the built-in output observations."""
+
+    def on_step(self, session: "TraceSession", optimizer: "torch.optim.Optimizer") -> None:
+        """After every observed step of the primary optimizer, before the step's flush."""
+
+    def on_end(self, session: "TraceSession") -> None:
+        """When the session ends (its hooks removed), before the last flush."""
+
+    def facts(self) -> Dict[str, Any]:
+        """Run-level facts (JSON-able) for whoever records the run, read once after it."""
+        return {}
+
+
+# The events the session dispatches, in no particular order.
+EVENTS = ("attach", "on_first_call", "on_input", "on_module_output", "on_output", "on_step", "on_end")
+
+
+def overriding(extensions: "list[Extension]", event: str) -> "list[Extension]":
+    """The extensions that override `event`, in their order."""
+    base = getattr(Extension, event)
+    return [e for e in extensions if getattr(type(e), event, base) is not base]

@@ -1,0 +1,84 @@
+"""Losses, the class scores a classification loss gets, and the labels (docs/observations.md:
+`loss.*`, `label.*`).
+
+A loss is observed where it is computed, outside the root model's forward, in the phase of
+the root call before it: in training, the step's first loss and its first classification
+loss (a model may have several); in evaluation, every one.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Set
+
+import torch
+
+from tracer import stats
+from tracer.patches import CLASSIFICATION_LOSSES
+from tracer.pending import Pending, Row, row
+
+MIN_LABELS_SEEN = 256  # training labels seen before the largest one stands for the class count
+
+
+class LossObserver:
+    """Loss values and shapes, class scores and labels; the largest training label so far."""
+
+    def __init__(self) -> None:
+        self._label_max, self._labels_counted = -1.0, 0
+        self._train_seen: Set[str] = set()  # "loss", "cls": recorded in this training step
+
+    def next_step(self) -> None:
+        self._train_seen.clear()
+
+    def on_loss(self, p: Pending, step: int, phase: str, name: str, pair: tuple, result: Any,
+                train_classes: Optional[int]) -> None:
+        """A loss function `name` got `pair` (input, target) and returned `result`."""
+        train = phase == "train"
+        first = not train or "loss" not in self._train_seen
+        cls = name in CLASSIFICATION_LOSSES and (not train or "cls" not in self._train_seen)
+        if not first and not cls:
+            return
+        inp, target = pair
+        if first:
+            if train:
+                self._train_seen.add("loss")
+            tensors = [t for t in (inp, target) if isinstance(t, torch.Tensor)]
+            p.value(step, phase, "loss.input_shapes", stats.shapes_text(tensors))
+            if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
+                p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
+            if isinstance(result, torch.Tensor) and result.numel() > 0:
+                p.tensor(result.detach().float().mean(),
+                         lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
+        if cls and isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
+            if train:
+                self._train_seen.add("cls")
+            self._classification(p, step, phase, inp, target, train_classes)
+
+    def _classification(self, p: Pending, step: int, phase: str, scores: torch.Tensor,
+                        target: torch.Tensor, train_classes: Optional[int]) -> None:
+        """The scores a classification loss gets (the classifier's output, whichever element
+        of the model's output it is) and the labels."""
+        if scores.dim() and scores.is_floating_point():
+            p.value(step, phase, "loss.class_width", scores.shape[1] if scores.dim() >= 2 else scores.shape[0])
+            p.stats(step, phase, "loss.", stats.class_probabilities(scores))
+        st = stats.label_stats(target)
+        if st is None:
+            return
+        p.stats(step, phase, "label.", st)
+        p.value(step, phase, "label.shape", stats.shape_text(target.shape[1:]))
+        if phase != "train":
+            return
+        n = target.numel()
+        p.tensor(st[1][1:2], lambda v, step=step: self._classes_seen(step, v[0], n))
+        k = train_classes
+        if k is not None and k > 1:
+            # distinct labels of the batch over what a shuffled batch would hold
+            expected = k * (1 - (1 - 1 / k) ** n)
+            p.tensor(st[1][2:3], lambda v, step=step: [row(step, "train", "label.mix", v[0] / expected)])
+
+    def _classes_seen(self, step: int, label_max: float, n: int) -> List[Row]:
+        # Built when the step's values arrive, in order: the largest label so far, once
+        # enough labels were seen that the largest class has almost surely shown up.
+        self._label_max = max(self._label_max, label_max)
+        self._labels_counted += n
+        if self._labels_counted < MIN_LABELS_SEEN:
+            return []
+        return [row(step, "train", "label.classes_seen", self._label_max + 1)]
