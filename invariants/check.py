@@ -31,6 +31,8 @@ class Violation:
     count: int = 1
     deviation: float = 1.0  # how far off, relative to the expectation (picks the telling example)
     ranks: Tuple[int, ...] = ()  # distributed runs: the ranks it concerns (docs/distributed.md)
+    # a warning made an error because it explains an error-level consequence (explain.py)
+    escalated_by: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         doc = {"id": self.id, "template": self.template, "target": list(self.target),
@@ -39,6 +41,8 @@ class Violation:
                "message": self.message, "hint": self.hint, "count": self.count}
         if self.ranks:
             doc["ranks"] = list(self.ranks)
+        if self.escalated_by:
+            doc["escalated_by"] = self.escalated_by
         return doc
 
 
@@ -79,7 +83,10 @@ class Checker:
             for pos, (ph, var) in enumerate(zip(target_phases(inv)[1:], inv.target[1:]), 1):
                 self._by_var.setdefault((ph, var), []).append((inv, pos))
         self._latest: Dict[Tuple[str, str], Any] = {}
-        self._collected: Dict[str, List[Any]] = {}  # values of windowed invariants
+        self._collected: Dict[str, List[Tuple[int, Any]]] = {}  # (step, value) of windowed invariants
+        # How close the run came to violating each consequence envelope that held: the
+        # smallest factor by which an observation could still have changed (template.margin).
+        self.margins: Dict[str, float] = {}
         self._open = [inv for inv in self.active if self._classes[inv.id].WINDOWED]
 
     def feed(self, rows: Sequence[Observation]) -> List[Violation]:
@@ -93,7 +100,7 @@ class Checker:
                 if pos == 0 and (not _phase_matches(inv, phase) or not _in_window(inv, step)):
                     continue
                 if self._classes[inv.id].WINDOWED:
-                    self._collected.setdefault(inv.id, []).append(v)
+                    self._collected.setdefault(inv.id, []).append((step, v))
                     continue
                 values: Tuple[Any, ...] = (v,)
                 if len(inv.target) > 1:  # a relation: every target's latest value
@@ -131,6 +138,9 @@ class Checker:
         self.checked.add(inv.id)
         cls = self._classes[inv.id]
         if cls.holds(inv.expect, values, step):
+            m = cls.margin(inv.expect, values, step)
+            if m is not None and m < self.margins.get(inv.id, float("inf")):
+                self.margins[inv.id] = m
             return None
         if inv.id in self.violations:
             self.violations[inv.id].count += 1

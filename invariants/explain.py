@@ -3,6 +3,11 @@
 An edge `a -> b` says "a violation of family a explains violations of family b": a frozen
 block explains missing updates and a flat loss. Root causes are the violated families no
 other violated family explains; each root collects the violations it explains.
+
+Severity by consequence: a root whose own violations are warnings (a configuration drift,
+such as a learning-rate schedule) but which explains an error-level violation (a consequence
+envelope: the loss does not progress, updates collapse) becomes an error itself: its
+violations are escalated, naming the consequence.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ CAUSAL_EDGES = {
     # rescaled training data explains eval data that differ from the reference's too
     "input_scale": ("output_scale", "gradients", "updates", "dead_units", "loss_trend", "eval_input_mismatch"),
     "batch_size": ("cost", "gradients", "updates", "loss_trend", "input_scale"),
-    "learning_rate": ("updates", "gradients", "dead_units", "loss_trend", "output_scale"),
+    "learning_rate": ("updates", "gradients", "dead_units", "loss_trend", "output_scale", "lr_multiplier"),
     "stale_gradients": ("gradients", "updates", "loss_trend", "output_scale", "dead_units"),
     "eval_mode": ("output_scale",),
     "eval_input_mismatch": ("output_scale",),
@@ -43,6 +48,16 @@ CAUSAL_EDGES = {
     # batches of one class each: the gradients swing from class to class, and the classes
     # seen so far understate the class count the output width is compared with
     "data_order": ("loss_trend", "gradients", "updates", "output_scale", "output_width"),
+    # optimizer settings: what they change in the run's dynamics
+    "optimizer": ("updates", "gradients", "loss_trend", "output_scale"),
+    "weight_decay": ("optimizer", "updates", "gradients", "output_scale"),
+    "lr_multiplier": ("updates", "gradients", "loss_trend", "output_scale", "dead_units"),
+    "gradient_clipping": ("gradients", "updates", "loss_trend", "output_scale"),
+    # what the model outputs decides its gradients (probabilities instead of logits: none)
+    "output_scale": ("gradients", "updates", "loss_trend"),
+    # the dynamics themselves, in the order they follow from each other
+    "gradients": ("updates", "loss_trend"),
+    "updates": ("loss_trend",),
 }
 
 HINTS = {
@@ -69,12 +84,21 @@ HINTS = {
                  "inside the training loop)",
     "loss_broadcast": "loss inputs broadcast to a larger shape: squeeze the output or reshape the target",
     "output_scale": "the model's output scale changed: look at what runs before the output",
-    "loss_trend": "the loss does not fall as in the reference runs",
+    "loss_trend": "the loss does not progress as in the reference runs: check that the labels belong to "
+                  "the inputs, the learning rate and the loss (a loss that falls far faster than the "
+                  "reference's points at targets leaking into the inputs)",
     "architecture": "the model's parameter counts changed: re-infer if the architecture change is intended",
     "cost": "the step cost is far above the reference: check input size and batch size",
     "gradients": "gradient norms differ from the reference",
-    "updates": "parameter updates differ from the reference",
+    "updates": "parameter updates differ from the reference: a learning rate, clipping or optimizer "
+               "setting shrinks or blows them up",
     "optimizer": "the optimizer configuration differs from the reference",
+    "weight_decay": "parameters are weight-decayed differently from the reference (often: biases, norms or "
+                    "embeddings put in the decayed group): rebuild the no-decay parameter group",
+    "lr_multiplier": "a block's learning rate relative to the others changed: check the per-group learning "
+                     "rates and that a scheduler writes its rate into every parameter group",
+    "gradient_clipping": "gradient clipping scales the gradients far more than in the reference: check "
+                         "clip_grad_norm_'s max_norm against the gradient norms the model has",
     "labels": "labels differ from the reference",
     "replica_divergence": "model replicas differ across ranks after the optimizer step: look for a forward "
                           "through the unwrapped model (model.module(...)) that bypasses DDP's gradient "
@@ -141,10 +165,23 @@ def explain(violations: Sequence[Violation]) -> List[Cause]:
         if owner is not None:
             owner.violations.append(v)
     for c in causes.values():
+        _escalate(c)
         c.severity = _max_severity(c.violations)
         for v in c.violations:
             v.hint = HINTS.get(v.family, "")
     return sorted(causes.values(), key=_rank)
+
+
+def _escalate(c: Cause) -> None:
+    """A warning-level root that explains an error-level violation becomes an error."""
+    own = [v for v in c.violations if v.family == c.family]
+    explained = [v for v in c.violations if v.family != c.family and v.severity == "error"]
+    if not explained or any(v.severity == "error" for v in own):
+        return
+    first = min(explained, key=lambda v: (v.step, v.id))
+    for v in own:
+        v.severity, v.escalated_by = "error", first.id
+    c.summary += f" — an error because it explains {first.family.replace('_', ' ')} ({first.id})"
 
 
 def _rank(c: Cause) -> tuple:

@@ -29,6 +29,7 @@ TOP_KEYS = ("schema", "meta", "invariants")
 OPTIONAL_ENTRY_KEYS = ("locus",)
 WHEN_KEYS = ("phase", "steps")
 SUPPORT_KEYS = ("runs", "observations", "span")
+OPTIONAL_SUPPORT_KEYS = ("first",)
 _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
 # What to write when a hand-added entry lacks a field that only mining fills in.
 _MISSING_HINTS = {
@@ -365,7 +366,7 @@ class _Validator:
     def support(self, v: Any) -> Support:
         if not isinstance(v, dict):
             self.fail(f"expected a mapping with runs, observations, span, {_got(v)}", "support")
-        self.keys(v, SUPPORT_KEYS, "support", SUPPORT_KEYS)
+        self.keys(v, SUPPORT_KEYS + OPTIONAL_SUPPORT_KEYS, "support", SUPPORT_KEYS)
         for name in ("runs", "observations"):
             if not (_is_int(v[name]) and v[name] >= 0):
                 self.fail(f"expected an integer >= 0, {_got(v[name])}", f"support.{name}")
@@ -374,7 +375,10 @@ class _Validator:
             self.fail(f"expected a list ([min, max] or the observed values) or null, {_got(span)}",
                       "support.span")
         self.plain(span, "support.span")
-        return Support(runs=v["runs"], observations=v["observations"], span=span)
+        first = v.get("first")
+        if first is not None and not (_is_int(first) and first >= 0):
+            self.fail(f"expected the first step observed (an integer >= 0) or null, {_got(first)}", "support.first")
+        return Support(runs=v["runs"], observations=v["observations"], span=span, first=first)
 
 
 def _is_number(v: Any) -> bool:
@@ -396,7 +400,7 @@ YAML_HEADER = """\
 #   severity  error fails `invar check`; warning is reported only
 #   status    proposed (mined) | accepted (reviewed) | disabled (skipped by `invar check`)
 #   locus     the module/block it is about; null = the whole run
-#   support   the evidence: reference runs, observations, observed span
+#   support   the evidence: reference runs, observations, observed span, first step observed
 #   why       the fact in words
 #
 # Regenerate: invar infer <script> --runs N --steps S -o <this file> (this replaces

@@ -16,7 +16,7 @@ from invariants.model import Invariant, InvariantSet, SCHEMA_VERSION, Support, W
 from invariants.observation import Observation
 from invariants.registry import template as template_class
 from invariants.templates.base import Discard, Fit, Sample, Series
-from invariants.variables import IMPLIED_BY, block_of, describe, kind_of, once_per_run, read_phase
+from invariants.variables import IMPLIED_BY, block_of, describe, dynamics, kind_of, once_per_run, read_phase
 
 Key = Tuple[str, str]  # (phase, variable)
 
@@ -50,7 +50,7 @@ class _Miner:
         self.suppressed = 0
 
     def emit(self, name: str, target: Tuple[str, ...], phase: str, result: Union[Fit, Discard],
-             severity: str, window_end: Optional[int], what: str) -> None:
+             severity: str, window_end: Optional[int], what: str, first: Optional[int] = None) -> None:
         iid = make_id(name, target, phase)
         if isinstance(result, Discard):
             self.discarded.append((iid, result.reason))
@@ -60,7 +60,7 @@ class _Miner:
         self.out[iid] = Invariant(
             id=iid, template=name, target=target, expect=dict(result.expect),
             when=When(phase=phase, steps=(0, window_end)), severity=severity, status="proposed",
-            support=Support(runs=result.runs, observations=result.observations, span=span),
+            support=Support(runs=result.runs, observations=result.observations, span=span, first=first),
             why=f"{what} {cls.describe_span(span)} across the reference runs ({result.runs} runs, "
                 f"{result.observations} observations); expected: {cls.expected(result.expect)}.",
             locus=block_of(target[0]))
@@ -77,7 +77,7 @@ class _Miner:
         if k.kind == "skip":
             self.discarded.append((make_id("*", target, phase), "not mined: recorded for reports only"))
             return
-        once = once_per_run(s.variable)
+        once, state = once_per_run(s.variable), dynamics(s.variable, s.phase)
         sample = Sample((s,), self.n_runs, once=once)
         what = f"In {phase}, {describe(s.variable)}"
         for candidate in policy.CANDIDATES[k.kind]:
@@ -92,7 +92,7 @@ class _Miner:
                     candidate = candidate.fallback
                     continue
                 self.emit(candidate.template, target, phase, result, severity,
-                          policy.window_end(candidate, severity, once, s.last_step), what)
+                          policy.window_end(candidate, severity, once, state, s.last_step), what, s.first_step)
                 candidate = None
 
     def relations(self) -> None:
@@ -107,7 +107,8 @@ class _Miner:
             cls = template_class(rel.template)
             result = cls.fit(Sample((a, b), self.n_runs), floor=rel.floor)
             what = f"{describe(first)} {cls.OPERATOR} {describe(rel.second)}"
-            self.emit(rel.template, (first, rel.second), rel.phase, result, rel.severity, None, what)
+            self.emit(rel.template, (first, rel.second), rel.phase, result, rel.severity, None, what,
+                      max(a.first_step, b.first_step))
 
     def suppress(self) -> None:
         """Drops invariants implied by others (Daikon's implication suppression): a relation

@@ -88,11 +88,13 @@ class When:
 @dataclass(frozen=True)
 class Support:
     """The evidence behind an invariant: reference runs and observations it was fitted on,
-    and the observed span ([min, max] for numbers, the observed values for categories)."""
+    the observed span ([min, max] for numbers, the observed values for categories), and the
+    first step any reference run observed it at (None: not recorded)."""
 
     runs: int
     observations: int
     span: Optional[Tuple[Any, ...]] = None
+    first: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.span is not None:
@@ -138,7 +140,8 @@ class Invariant:
             "when": {"phase": self.when.phase, "steps": list(self.when.steps)},
             "severity": self.severity, "status": self.status, "locus": self.locus,
             "support": {"runs": s.runs, "observations": s.observations,
-                        "span": None if s.span is None else _canonical(s.span)},
+                        "span": None if s.span is None else _canonical(s.span),
+                        **({} if s.first is None else {"first": s.first})},
             "why": self.why,
         }
 

@@ -33,6 +33,15 @@ SCHEDULE_FACTOR = 3.0
 TREND_MIN_FALL = 0.05
 TREND_KEEP = 1 / 3
 TREND_EDGE = 3         # observations averaged at each end of the window
+# A loss that ends this many times lower (relative to its start) than any reference run's
+# falls faster than learning can: targets visible in the inputs.
+LEAK_FACTOR = 10.0
+
+# -- checking -----------------------------------------------------------------------------
+# `invar check` observes every optimizer step before CHECK_SAMPLING[0], then every
+# CHECK_SAMPLING[1]-th (structural bugs by step 1, a low overhead after); the envelopes
+# are fitted on the reference values such a check would see.
+CHECK_SAMPLING = (5, 5)
 
 # -- spread floors ----------------------------------------------------------------------
 # The smallest spread a margin is computed from, so that a variable that never moved in the
@@ -134,23 +143,31 @@ CANDIDATES: Dict[str, Tuple[Candidate, ...]] = {
                         families=("batch_size", "output_scale")),
               Candidate("magnitude", dict(below=None, above=DECADE), severity="error",
                         families=("learning_rate", "cost")),
-              # the learning-rate schedule itself, step by step
+              # the learning-rate schedule itself, step by step: below it a warning (a
+              # consequence envelope decides), far above it an error
               Candidate("schedule", dict(factor=SCHEDULE_FACTOR), severity="warning", window=TRACED,
-                        variable="optim.lr_max")),
+                        variable="optim.lr_max"),
+              Candidate("ceiling", dict(factor=SCHEDULE_FACTOR), severity="error", window=TRACED,
+                        variable="optim.lr_max"),
+              # consequence envelopes: a block's updates and gradients neither collapse nor explode
+              Candidate("level", dict(factor=DECADE, sampling=CHECK_SAMPLING), severity="error", window=TRACED,
+                        families=("updates", "gradients"))),
     # a fraction of a peak (the learning rate): a log lower bound (warning), and an error
     # bound far below anything the reference reached
     "decay": (Candidate("range", dict(_SCALE, lower_only=True), severity="warning", window=TRACED),
               Candidate("magnitude", dict(below=LR_COLLAPSE, top=1.0), severity="error", window=TRACED)),
-    # the loss: must fall over the first steps, and keep its scale
-    "trend": (Candidate("trend", dict(min_fall=TREND_MIN_FALL, keep=TREND_KEEP), window=TRACED),
+    # the loss: learning progress over the window (a consequence envelope), and its scale
+    "trend": (Candidate("progress", dict(min_fall=TREND_MIN_FALL, keep=TREND_KEEP, leak=LEAK_FACTOR,
+                                         sampling=CHECK_SAMPLING), severity="error", window=TRACED),
               Candidate("range", _SCALE, severity="warning", window=TRACED)),
 }
 
 
-def window_end(candidate: Candidate, severity: str, once: bool, last_step: int) -> Optional[int]:
-    """The last step of a mined invariant's window (None: open)."""
-    traced = {OPEN: False, TRACED: True, TRACED_FOR_WARNINGS: severity != "error",
-              TRACED_UNLESS_ONCE: not once}[candidate.window]
+def window_end(candidate: Candidate, severity: str, once: bool, dynamics: bool, last_step: int) -> Optional[int]:
+    """The last step of a mined invariant's window (None: open). A value of the training
+    dynamics holds only where the reference observed it: never extrapolated past it."""
+    traced = dynamics or {OPEN: False, TRACED: True, TRACED_FOR_WARNINGS: severity != "error",
+                          TRACED_UNLESS_ONCE: not once}[candidate.window]
     return last_step if traced else None
 
 

@@ -1,5 +1,10 @@
-"""Render a check's outcome: text (root causes first), JSON, SARIF and JUnit, and say
-which invariants the run never gave a chance to be checked, and why."""
+"""A check's outcome and its verdict, rendered as text (root causes first), JSON, SARIF and
+JUnit, with what could not be checked and how close the run came to each consequence
+envelope.
+
+Verdicts: CRASHED (the pipeline raised), FAILED (a violation at or above --fail-on, or
+nothing could be checked), INCOMPLETE (no such violation, but error-level invariants could
+not be evaluated because their variables were never recorded), ok."""
 from __future__ import annotations
 
 import json
@@ -7,71 +12,16 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from xml.sax.saxutils import escape, quoteattr
 
-from invariants.check import Violation, target_phases
-from invariants.registry import template
+from invariants.check import Violation
+from invariants.coverage import REASONS, Unchecked, Unobserved, unobserved
 
 if TYPE_CHECKING:
     from invariants.explain import Cause  # explain imports networkx: only the checks that explain need it
-    from invariants.model import Invariant, InvariantSet
 
-# Why an active invariant was never evaluated (`unchecked`), in the order reports list them.
-NEVER_OBSERVED = "never_observed"
-WINDOW_NOT_REACHED = "window_not_reached"
-NOT_EVALUATED = "not_evaluated"
-REASONS = {NEVER_OBSERVED: "variable never observed in that phase",
-           WINDOW_NOT_REACHED: "step window not reached",
-           NOT_EVALUATED: "observed only outside the step window"}
 UNCHECKED_NAMED = 3  # error-level unchecked invariants the text report names
-Coverage = Mapping[Tuple[str, str], Tuple[int, int]]  # (phase, variable) -> (first, last) step
-
-
-@dataclass(frozen=True)
-class Unchecked:
-    """An active invariant the run never evaluated: `reason` is one of REASONS."""
-
-    id: str
-    severity: str
-    reason: str
-    detail: str
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"id": self.id, "severity": self.severity, "reason": self.reason, "detail": self.detail}
-
-
-def unchecked(invariants: "InvariantSet", checked: Collection[str], seen: Coverage) -> List[Unchecked]:
-    """Why each active invariant outside `checked` was not evaluated, from what the run
-    observed (`seen`): its variable never appeared in its phase, the run ended before its
-    step window, or the variable appeared only outside that window."""
-    last = max((hi for _, hi in seen.values()), default=-1)
-    return [_why_unchecked(inv, seen, last) for inv in invariants.active() if inv.id not in checked]
-
-
-def _span(seen: Coverage, phase: str, variable: str) -> Optional[Tuple[int, int]]:
-    spans = [seen[(p, variable)] for p in (("train", "eval") if phase == "any" else (phase,))
-             if (p, variable) in seen]
-    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
-
-
-def _why_unchecked(inv: "Invariant", seen: Coverage, last: int) -> Unchecked:
-    def why(reason: str, detail: str) -> Unchecked:
-        return Unchecked(inv.id, inv.severity, reason, detail)
-
-    phase, (lo, hi) = inv.when.phase, inv.when.steps
-    for ph, var in zip(target_phases(inv), inv.target):
-        if _span(seen, ph, var) is None:
-            where = "train or eval" if ph == "any" else ph
-            return why(NEVER_OBSERVED, f"{var} was never observed in {where}")
-    first, final = _span(seen, phase, inv.target[0])  # type: ignore[misc]
-    window = f"steps {lo}-{'end' if hi is None else hi}"
-    if template(inv.template).WINDOWED and hi is not None:
-        return why(WINDOW_NOT_REACHED, f"decided at step {hi}; the run's last observation is at step {last}")
-    if final < lo:
-        return why(WINDOW_NOT_REACHED, f"applies to {window}; {inv.target[0]} was last observed at step {final}")
-    return why(NOT_EVALUATED, f"applies to {window}; {inv.target[0]} was observed at steps {first}-{final}")
-
 
 def short_path(path: str) -> str:
     """A script path as people tell runs apart: relative to the working directory when
@@ -109,6 +59,20 @@ class CheckReport:
     reference: Optional[str] = None  # the script the invariants were learned from (meta.script)
     observed: Optional[int] = None   # (phase, variable) pairs the run observed; None: not known
     active_errors: int = 0           # active error-level invariants (with `unchecked`: coverage)
+    allow_unchecked: bool = False    # --allow-unchecked: an incomplete check may pass
+    # per consequence envelope that held: the smallest factor the run could still have moved
+    # by before it violated (invariant id -> factor; Checker.margins)
+    margins: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unobserved(self) -> List[Unobserved]:
+        """Error-level invariants whose variables the run never recorded, by family."""
+        return [] if self.nothing_checked else unobserved(self.unchecked)
+
+    @property
+    def incomplete(self) -> bool:
+        """The check could not look at some error-level facts (and was not told to accept that)."""
+        return bool(self.unobserved) and not self.allow_unchecked and not self.crash
 
     @property
     def errors(self) -> int:
@@ -159,7 +123,7 @@ class CheckReport:
 
     @property
     def verdict(self) -> str:
-        return "CRASHED" if self.crash else "FAILED" if self.failed else "ok"
+        return "CRASHED" if self.crash else "FAILED" if self.failed else "INCOMPLETE" if self.incomplete else "ok"
 
     def to_json(self) -> Dict[str, Any]:
         reasons = Counter(u.reason for u in self.unchecked)
@@ -173,6 +137,7 @@ class CheckReport:
                                       "errors": sum(1 for u in self.unchecked if u.severity == "error"),
                                       **{r: reasons.get(r, 0) for r in REASONS}},
                         "nothing_checked": self.nothing_checked, "failure": self.failure,
+                        "incomplete": self.incomplete, "allow_unchecked": self.allow_unchecked,
                         "coverage_warning": self.coverage_warning, "reference": self.reference,
                         "run_status": self.run_status, "run_id": self.run_id,
                         "seconds": round(self.seconds, 3), "crash": self.crash},
@@ -180,6 +145,8 @@ class CheckReport:
             "violations": [v.to_json() for v in self.violations],
             "causes": [c.to_json() for c in self.causes],
             "unchecked": [u.to_json() for u in self.unchecked],
+            "unobserved": [u.to_json() for u in self.unobserved],
+            "margins": {k: round(v, 4) for k, v in sorted(self.margins.items())},
             "static": self.static,
             "notes": self.notes,
         }
@@ -197,6 +164,13 @@ def render_text(r: CheckReport) -> str:
         out.append(f"  {r.failure}")
     if r.coverage_warning:
         out.append(f"  WARNING: {r.coverage_warning}")
+    if r.unobserved:
+        out += ["", "Not observed" + (" (the verdict is incomplete)" if r.incomplete else " (accepted)")]
+        for i, u in enumerate(r.unobserved, 1):
+            out.append(f"  {i}. [{'incomplete' if r.incomplete else 'accepted'}] {u.family}"
+                       + (f" @ {', '.join(u.loci[:6])}" if u.loci else ""))
+            out.append(f"     {u.summary}")
+        out.append(f"     why and what to do: {r.unobserved[0].hint}")
     if not r.causes:
         out += _unchecked_lines(r)
     for note in r.notes:
@@ -217,8 +191,9 @@ def render_text(r: CheckReport) -> str:
             for v in sorted(c.violations, key=lambda v: (v.step, v.id))[:12]:
                 more = f" (x{v.count})" if v.count > 1 else ""
                 where = f" rank {','.join(map(str, v.ranks))}" if v.ranks else ""
+                why = f" (escalated: explains {v.escalated_by})" if v.escalated_by else ""
                 out.append(f"  [{v.severity}] step {v.step} {v.phase}{where}: {' vs '.join(v.target)}"
-                           f" observed {v.observed}, expected {v.expected}{more}  ({v.id})")
+                           f" observed {v.observed}, expected {v.expected}{more}  ({v.id}){why}")
             if len(c.violations) > 12:
                 out.append(f"  ... {len(c.violations) - 12} more for {c.family}")
         unchecked = _unchecked_lines(r)
@@ -262,7 +237,8 @@ def render_sarif(r: CheckReport) -> str:
         "properties": {"invariant": v.id, "step": v.step, "phase": v.phase, "family": v.family},
     } for v in r.violations]
     notices = [(r.failure, "error"), (r.coverage_warning, "warning"), (r.crash, "error")]
-    invocation = {"executionSuccessful": not (r.crash or r.nothing_checked),
+    notices += [(f"incomplete: {u.summary}", "error" if r.incomplete else "note") for u in r.unobserved]
+    invocation = {"executionSuccessful": not (r.crash or r.nothing_checked or r.incomplete),
                   "toolExecutionNotifications": [{"level": level, "message": {"text": text}}
                                                  for text, level in notices if text]}
     sarif = {"version": "2.1.0",
@@ -273,7 +249,7 @@ def render_sarif(r: CheckReport) -> str:
 
 
 def render_junit(r: CheckReport) -> str:
-    failures = len(r.violations) + (1 if r.nothing_checked else 0)
+    failures = len(r.violations) + (1 if r.nothing_checked else 0) + (len(r.unobserved) if r.incomplete else 0)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuite name={quoteattr("invar " + r.script)} tests="{max(r.invariants_checked, failures)}" '
              f'failures="{failures}" errors="{1 if r.crash else 0}" time="{r.seconds:.3f}">']
@@ -285,6 +261,10 @@ def render_junit(r: CheckReport) -> str:
     if r.nothing_checked:  # else a CI reads an empty suite as passed
         lines.append(f'  <testcase classname="coverage" name="invariants checked">'
                      f'<failure type="error" message={quoteattr(r.failure or "")}/></testcase>')
+    if r.incomplete:  # a check that could not look is no pass
+        for u in r.unobserved:
+            lines.append(f'  <testcase classname="coverage" name={quoteattr(f"{u.family}@{u.phase} observed")}>'
+                         f'<failure type="incomplete" message={quoteattr(u.summary)}/></testcase>')
     if r.crash:
         lines.append(f'  <testcase classname="pipeline" name="run"><error message={quoteattr(r.crash)}/></testcase>')
     lines.append("</testsuite>")

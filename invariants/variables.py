@@ -64,6 +64,10 @@ _RULES: Tuple[Tuple[str, Optional[str], Kind], ...] = (
     (r"block\..+\.trainable_fraction", None, Kind("fraction", "frozen", "error")),
     (r"block\..+\.in_optimizer_fraction", None, Kind("fraction", "not_in_optimizer", "error")),
     (r"block\..+\.no_grad_fraction", None, Kind("fraction", "no_gradient", "error")),
+    # per-block optimizer settings: which blocks are weight-decayed, and their learning rate
+    # relative to the largest of the optimizer's (a head trained at 10x the backbone's)
+    (r"block\..+\.decay_fraction", None, Kind("fraction", "weight_decay", "error")),
+    (r"block\..+\.lr_scale", None, Kind("structure", "lr_multiplier", "error")),
     (r"block\..+\.grad_norm", None, Kind("scale", "gradients", "warning")),
     (r"block\..+\.update_ratio", None, Kind("scale", "updates", "warning")),
     (r"act\..+\.dead_fraction", None, Kind("bounded", "dead_units", "error")),
@@ -73,6 +77,9 @@ _RULES: Tuple[Tuple[str, Optional[str], Kind], ...] = (
     (r"optim\.(lr_max|g\d+\.lr)", None, Kind("scale", "learning_rate", "warning")),
     (r"optim\.lr_fraction_of_peak", None, Kind("decay", "learning_rate", "error")),
     (r"optim\.zero_grad_calls", None, Kind("at_least", "stale_gradients", "error")),
+    # gradient clipping (clip_grad_norm_): its max_norm, and the factor it scaled the gradients by
+    (r"clip\.max_norm", None, Kind("structure", "gradient_clipping", "warning")),
+    (r"clip\.scale", None, Kind("scale", "gradient_clipping", "warning")),
     # momentum, betas, weight decay, eps ... per group: configuration (a schedule that
     # cycles them falsifies the constant, leaving nothing mined)
     (r"optim\.g\d+\..+", None, Kind("category", "optimizer", "warning")),
@@ -104,6 +111,12 @@ UNKNOWN = Kind("skip", "other", "warning")
 
 # Families whose eval-phase observations mean "eval data differs from training data".
 EVAL_INPUT_FAMILIES = {"input_scale", "input_size"}
+# Families whose values depend on the state of training (how far the model has learned, the
+# schedule's position): their value invariants hold only for the steps the reference runs
+# observed, never extrapolated past them. Structural facts (kinds structure, category,
+# fraction) of these families still hold at every step.
+DYNAMICS_FAMILIES = {"output_scale", "loss_trend", "gradients", "updates", "dead_units", "learning_rate",
+                     "gradient_clipping"}
 
 
 def kind_of(variable: str, phase: Optional[str] = None) -> Kind:
@@ -120,6 +133,12 @@ def family_of(variable: str, phase: str) -> str:
     if phase == "eval" and fam in EVAL_INPUT_FAMILIES and variable.startswith(("input.", "data.eval.")):
         return "eval_input_mismatch"
     return fam
+
+
+def dynamics(variable: str, phase: Optional[str] = None) -> bool:
+    """Whether a variable's values describe the state of training (DYNAMICS_FAMILIES)."""
+    k = kind_of(variable, phase)
+    return k.family in DYNAMICS_FAMILIES and k.kind not in ("structure", "category", "fraction")
 
 
 def once_per_run(variable: str) -> bool:
@@ -175,6 +194,11 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"block\.(.+)\.no_grad_fraction", "the fraction of block `{0}`'s trainable parameters without a gradient at optimizer.step()"),
     (r"block\.(.+)\.grad_norm", "the gradient norm of block `{0}`"),
     (r"block\.(.+)\.update_ratio", "the update ratio |dw|/|w| of block `{0}`"),
+    (r"block\.(.+)\.decay_fraction", "the fraction of block `{0}`'s trainable parameters in weight-decayed "
+                                      "optimizer groups"),
+    (r"block\.(.+)\.lr_scale", "block `{0}`'s learning rate over the largest of the optimizer's"),
+    (r"clip\.max_norm", "the max_norm gradients are clipped to"),
+    (r"clip\.scale", "the factor gradient clipping scaled the gradients by"),
     (r"act\.(.+)\.dead_fraction", "the fraction of units of `{0}` that never fire in a batch"),
     (r"optim\.zero_grad_calls", "the number of zero_grad() calls between optimizer steps"),
     (r"optim\.lr_max", "the largest learning rate over parameter groups"),

@@ -14,9 +14,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from invariants.model import SEVERITY_RANK, at_least
+from invariants.variables import family_of
 
 
 
@@ -27,7 +28,7 @@ class Row:
 
     case: str
     variant: str
-    kind: str                 # bug | ok | loo
+    kind: str                 # bug | ok | loo (fresh seed) | whole (a whole run, fresh seed)
     expected: List[str]       # expected cause families (bugs)
     expected_severity: str
     detected: bool
@@ -45,6 +46,10 @@ class Row:
     # severity: the cause matched at warning level; warning_causes lists those causes
     warned: bool = False
     warning_causes: List[str] = field(default_factory=list)
+    incomplete: bool = False  # the check could not observe some error-level invariants
+    # per consequence envelope (template:family), the smallest factor the run could still
+    # have moved by before an error (CheckReport.margins)
+    margins: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,19 +62,37 @@ class EvalReport:
         bugs = [r for r in self.rows if r.kind == "bug"]
         oks = [r for r in self.rows if r.kind == "ok"]
         loo = [r for r in self.rows if r.kind == "loo"]
+        whole = [r for r in self.rows if r.kind == "whole"]
         return {
             "recall": sum(r.detected for r in bugs) / len(bugs) if bugs else 0.0,
             "exact_root_cause": sum(bool(r.matched) for r in bugs) / len(bugs) if bugs else 0.0,
             "false_alarms": sum(1 for r in oks if r.errors),
             "loo_false_alarms": sum(1 for r in loo if r.errors),
-            "bugs": len(bugs), "ok_variants": len(oks), "loo_runs": len(loo),
+            "whole_run_false_alarms": sum(1 for r in whole if r.errors),
+            "incomplete_clean_runs": sum(1 for r in oks + loo + whole if r.incomplete),
+            "bugs": len(bugs), "ok_variants": len(oks), "loo_runs": len(loo), "whole_runs": len(whole),
             "structural_max_step": max((r.first_step or 0 for r in bugs if r.detected
                                         and r.expected_severity == "error"), default=0),
         }
 
+    def closest(self) -> Dict[str, Dict[str, Tuple[float, str]]]:
+        """Per case and consequence envelope: the smallest margin any ok variant or fresh-seed
+        reference run kept to its error threshold, and which run it was."""
+        out: Dict[str, Dict[str, Tuple[float, str]]] = {}
+        for r in self.rows:
+            if r.kind == "bug":
+                continue
+            per_case = out.setdefault(r.case, {})
+            for key, m in r.margins.items():
+                if key not in per_case or m < per_case[key][0]:
+                    per_case[key] = (m, r.variant)
+        return out
+
     def to_json(self) -> Dict[str, Any]:
+        closest = {case: {k: {"margin": m, "variant": v} for k, (m, v) in sorted(envs.items())}
+                   for case, envs in self.closest().items()}
         return {"totals": self.totals(), "rows": [asdict(r) for r in self.rows],
-                "invariants": self.invariants, "seconds": round(self.seconds, 1)}
+                "invariants": self.invariants, "closest_margins": closest, "seconds": round(self.seconds, 1)}
 
 
 def load_cases(corpus_dir: str | os.PathLike) -> List[Path]:
@@ -85,6 +108,7 @@ def load_cases(corpus_dir: str | os.PathLike) -> List[Path]:
 
 
 def _row_from(case: str, variant: str, kind: str, meta: Dict[str, Any], report: Any, code: int) -> Row:
+    escalated_at = {getattr(v, 'id', None): v.step for v in report.violations}
     expect = (meta.get("expect") or {}) if kind == "bug" else {}
     expected = list(expect.get("causes") or [])
     sev = meta.get("severity", "error") if kind == "bug" else "error"
@@ -99,15 +123,36 @@ def _row_from(case: str, variant: str, kind: str, meta: Dict[str, Any], report: 
         matched = any(is_expected(c) for c in relevant)
     vs = [v for v in report.violations if at_least(v.severity, sev)]
     detected = bool(vs) if kind == "bug" else bool(report.errors)
+    # an escalated warning is an error only from the step its consequence was decided at
+    decided = [max(v.step, escalated_at.get(v.escalated_by, v.step)) if getattr(v, "escalated_by", None) else v.step
+               for v in vs]
     below = [c for c in report.causes if not at_least(c.severity, sev) and is_expected(c)]
     warned = kind == "bug" and not detected and bool(below)
     return Row(case=case, variant=variant, kind=kind, expected=expected, expected_severity=sev,
                detected=detected, exit_code=code, root_causes=causes, matched=matched,
-               first_step=min((v.step for v in vs), default=None),
+               first_step=min(decided, default=None),
                severity=max((v.severity for v in vs), key=SEVERITY_RANK.__getitem__, default=None),
                errors=report.errors, warnings=report.warnings, checked=report.invariants_checked,
                seconds=round(report.seconds, 2), note=report.crash or "", warned=warned,
-               warning_causes=[_cause_name(c) for c in below] if warned else [])
+               warning_causes=[_cause_name(c) for c in below] if warned else [],
+               incomplete=bool(getattr(report, "incomplete", False)),
+               margins=envelope_margins(getattr(report, "margins", {})))
+
+
+def envelope_margins(margins: Dict[str, float]) -> Dict[str, float]:
+    """Invariant id -> margin, as the smallest margin per envelope (`template:family`)."""
+    out: Dict[str, float] = {}
+    for iid, m in margins.items():
+        template, _, rest = iid.partition(":")
+        variable, _, phase = rest.rpartition("@")
+        key = f"{template}:{family_of(variable.split(',')[0], phase)}"
+        out[key] = round(min(m, out.get(key, m)), 4)
+    return out
+
+
+def _exit_code(report: Any) -> int:
+    """The exit code `invar check` gives this report (3 crashed, 1 failed, 7 incomplete)."""
+    return 3 if report.crash else 1 if report.failed else 7 if report.incomplete else 0
 
 
 def _cause_name(c: Any) -> str:
@@ -163,22 +208,24 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
             outcome = workflow.infer(ref_script, ref_args, runs=runs, steps=steps, store_dir=store)
         invs = outcome.invariants
 
-        def check(script: str, args: List[str], seed_offset: int = 0) -> Any:
+        def check(script: str, args: List[str], seed_offset: int = 0, budget: int = steps) -> Any:
             if nproc > 1:
                 return ranks.check_launched(script, args, str(Path(store) / "invariants.json"), invs, nproc,
-                                            steps=steps, store_dir=store, seed_offset=seed_offset, quiet=True)
-            return workflow.check(script, args, invs, steps=steps, store_dir=store, seed_offset=seed_offset)
+                                            steps=budget, store_dir=store, seed_offset=seed_offset, quiet=True)
+            return workflow.check(script, args, invs, steps=budget, store_dir=store, seed_offset=seed_offset)
         counts = {"invariants": len(invs.invariants), "suppressed": outcome.mined.suppressed,
                   "discarded": len(outcome.mined.discarded),
                   "errors": sum(1 for i in invs.invariants if i.severity == "error")}
         loo = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET)
-        rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, 1 if loo.errors else 0))
+        rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, _exit_code(loo)))
+        # The normal workflow: invariants from short reference runs, a whole run checked.
+        whole = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET, budget=0)
+        rows.append(_row_from(case.name, "reference, whole run (new seed)", "whole", {}, whole, _exit_code(whole)))
         for v in meta.get("variants") or []:
             script = str(case / v["script"])
             args = [str(a) for a in v.get("args") or []]
             rep = check(script, args)
-            code = 3 if rep.crash else (1 if rep.errors else 0)
-            rows.append(_row_from(case.name, v["script"], v.get("kind", "bug"), v, rep, code))
+            rows.append(_row_from(case.name, v["script"], v.get("kind", "bug"), v, rep, _exit_code(rep)))
     return {"rows": [asdict(r) for r in rows], "invariants": counts}
 
 
@@ -235,7 +282,8 @@ def render_markdown(report: EvalReport) -> str:
                 causes = [f"{c} (warning)" for c in r.warning_causes]
         else:
             exact = "-"
-            det = ("**false alarm**" if r.errors else "clean") + (f" ({r.warnings} warn.)" if r.warnings else "")
+            det = ("**false alarm**" if r.errors else "**incomplete**" if r.incomplete else "clean") \
+                + (f" ({r.warnings} warn.)" if r.warnings else "")
         out.append(f"| {r.case} | {r.variant} | {', '.join(r.expected) or '-'} | {det} | "
                    f"{', '.join(_short_cause(c) for c in causes[:3]) or '-'} | {exact} | "
                    f"{'-' if r.first_step is None else r.first_step} | {r.severity or '-'} | {r.checked} | {r.seconds} |")
@@ -243,11 +291,22 @@ def render_markdown(report: EvalReport) -> str:
     out.append(f"Recall {100 * t['recall']:.0f}% ({t['bugs']} bug variants), exact root cause "
                f"{100 * t['exact_root_cause']:.0f}%, error-level false alarms on {t['ok_variants']} ok "
                f"variants: {t['false_alarms']}, on {t['loo_runs']} leave-one-out reference runs: "
-               f"{t['loo_false_alarms']}; latest first detection of an error-level bug: step "
-               f"{t['structural_max_step']}. Total {report.seconds:.0f} s.")
+               f"{t['loo_false_alarms']}, on {t['whole_runs']} whole runs checked against invariants from "
+               f"short reference runs: {t['whole_run_false_alarms']}; incomplete "
+               f"checks of clean runs: {t['incomplete_clean_runs']}; "
+               f"latest first detection of an error-level bug: step {t['structural_max_step']}. "
+               f"Total {report.seconds:.0f} s.")
     out.append("")
     out.append("| case | invariants | error-level | suppressed (implied) | discarded candidates |")
     out.append("|---|---|---|---|---|")
     for case, c in report.invariants.items():
         out.append(f"| {case} | {c['invariants']} | {c['errors']} | {c['suppressed']} | {c['discarded']} |")
+    closest = report.closest()
+    if any(closest.values()):
+        out += ["", "Consequence envelopes: the smallest margin a valid run (ok variant or fresh seed) kept to "
+                    "the error threshold (x2: it could have moved twice as far before an error).", "",
+                "| case | envelope | smallest margin | run |", "|---|---|---|---|"]
+        for case, envs in closest.items():
+            for key, (m, variant) in sorted(envs.items(), key=lambda kv: kv[1][0]):
+                out.append(f"| {case} | {key} | x{m:.3g} | {variant} |")
     return "\n".join(out) + "\n"

@@ -38,7 +38,7 @@ class Sampling(NamedTuple):
 # Recording (trace, infer) observes densely; checking needs every step only at the start
 # (structural bugs by step 1) and samples afterwards, which keeps its overhead low.
 RECORD_SAMPLING = Sampling(50, 10)
-CHECK_SAMPLING = Sampling(5, 5)
+CHECK_SAMPLING = Sampling(*policy.CHECK_SAMPLING)
 SEED_STRIDE = 101  # seed offset between reference runs: run i adds i * SEED_STRIDE
 FRESH_SEED_OFFSET = 7 * SEED_STRIDE  # a seed no reference run of the default 3 (or 7) used
 DEFAULT_STEPS = 30  # optimizer steps of a reference run, and of a check of an old file
@@ -231,7 +231,7 @@ def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against
                          steps=res.steps, invariants_total=len(invariants.invariants),
                          invariants_checked=len(checker.checked), invariants_disabled=checker.skipped,
                          violations=violations, causes=causes, seconds=res.seconds, fail_on=fail_on,
-                         crash=res.error if res.crashed else None, notes=notes,
+                         crash=res.error if res.crashed else None, notes=notes, margins=dict(checker.margins),
                          static=static.report.to_json() if static.report is not None else None)
     return with_coverage(report, invariants, checker.checked, seen)
 
@@ -241,7 +241,7 @@ def with_coverage(report: "CheckReport", invariants: InvariantSet, checked: Any,
     """The report with what was not checked and why (`unchecked`), the reference script
     and how much the run observed, from the checked ids and the run's (phase, variable)
     -> (first, last step) map."""
-    from invariants.report import unchecked
+    from invariants.coverage import unchecked
     report.unchecked = unchecked(invariants, checked, seen)
     report.reference = invariants.meta.get("script")
     report.observed = len(seen)
@@ -261,6 +261,8 @@ def coverage_from_store(report: "CheckReport", invariants: InvariantSet, store_d
             checker.feed(list(store.observations(run_id)))
             checker.finish()
             checked |= checker.checked
+            for iid, m in checker.margins.items():
+                report.margins[iid] = min(m, report.margins.get(iid, m))
             for key, (lo, hi) in store.variable_steps(run_id).items():
                 old = seen.get(key, (lo, hi))
                 seen[key] = (min(lo, old[0]), max(hi, old[1]))

@@ -10,11 +10,14 @@ never branch on a template's name:
 * `expected(expect)` / `observed(expect, values, step, span)` / `describe_span(span)`:
   the expectation, a violating observation and the reference's evidence, in words;
 * `deviation(expect, values)`: how far off a violation is (picks the telling example);
+* `margin(expect, values, step)`: for an observation that holds, how many times it could
+  still grow or shrink before it violates (consequence envelopes; None elsewhere);
 * `check_expect(expect)`: what is wrong with a hand-edited `expect` beyond field types;
 * `ARITY` (targets), `EXPECT` (field -> registry.Field), `WINDOWED` (values are collected
   over the step window and decided once at its end), `FIXES_VALUE` (the invariant pins
   its variable to one value, which implies any relation over it), `OPERATOR` (how a
-  two-target template joins its targets in words).
+  two-target template joins its targets in words). A windowed template is given, as its
+  one value, the list of (step, value) pairs observed in its window.
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ class Series:
     @property
     def last_step(self) -> int:
         return max((s for run in self.runs for s, _ in run), default=0)
+
+    @property
+    def first_step(self) -> int:
+        return min((s for run in self.runs for s, _ in run), default=0)
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,11 @@ class Template:
         return 1.0
 
     @classmethod
+    def margin(cls, expect: Mapping[str, Any], values: Sequence[Any], step: int = 0) -> Optional[float]:
+        """How many times a holding observation could still change before it violates."""
+        return None
+
+    @classmethod
     def describe_span(cls, span: Optional[Sequence[Any]]) -> str:
         """What the reference runs showed, in words (the expectation adds the margin)."""
         if not span:
@@ -155,6 +167,11 @@ def spread_of(per_run: Sequence[Sequence[float]]) -> float:
     between = statistics.pstdev(means) if len(means) > 1 else 0.0
     within = [statistics.pstdev(r) for r in per_run if len(r) > 1]
     return max(between, statistics.median(within) if within else 0.0)
+
+
+def window_numbers(pairs: Sequence[Any]) -> List[float]:
+    """The numbers among a windowed invariant's collected (step, value) pairs, in order."""
+    return [v for _, v in pairs if isinstance(v, float)]
 
 
 def rounded(v: float) -> float:

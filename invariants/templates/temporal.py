@@ -6,7 +6,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from invariants import policy
 from invariants.registry import NUMBER, Field, register
-from invariants.templates.base import Discard, Fit, Sample, Template, fmt, rounded
+from invariants.templates.base import Discard, Fit, Sample, Template, fmt, rounded, window_numbers
 
 EDGE = policy.TREND_EDGE
 
@@ -52,7 +52,7 @@ class Trend(Template):
 
     @classmethod
     def holds(cls, expect: Mapping[str, Any], values: Sequence[Any], step: int = 0) -> bool:
-        vals = [v for v in values[0] if isinstance(v, float)]
+        vals = window_numbers(values[0])
         if len(vals) < 2 * EDGE:
             return True  # not enough evidence to falsify
         c = relative_change(vals)
@@ -66,7 +66,7 @@ class Trend(Template):
     @classmethod
     def observed(cls, expect: Mapping[str, Any], values: Sequence[Any], step: int = 0,
                  span: Optional[Sequence[Any]] = None) -> str:
-        vals = [x for x in values[0] if isinstance(x, float)]
+        vals = window_numbers(values[0])
         if len(vals) >= 2:
             return f"changed {100 * relative_change(vals):+.1f}% ({fmt(vals[0])} -> {fmt(vals[-1])})"
         return "too few values"

@@ -111,7 +111,10 @@ def test_unchecked_invariants_are_counted_with_reasons(learned: Path, tmp_path: 
     invfile.dump(_renamed(inv, keep=1), tmp_path / "other.yaml")
     r = run_invar("check", PLAIN, "--against", str(tmp_path / "other.yaml"), "--store", str(learned / "store"),
                   "--steps", "3")
-    assert r.returncode == 0, r.stdout + r.stderr  # a warning, not a failure: something was checked
+    # no violation, but error-level facts could not be looked at: incomplete, never "ok"
+    assert r.returncode == 7, r.stdout + r.stderr
+    assert "INCOMPLETE" in r.stdout and "Not observed (the verdict is incomplete)" in r.stdout
+    assert "--allow-unchecked accepts that" in r.stderr
     errors = sum(1 for i in inv.invariants if i.severity == "error")
     assert re.search(rf"WARNING: \d+ of {errors} error-level invariants were never checked", r.stdout)
     assert "may describe another pipeline (learned from" in r.stdout and "plain_train.py)" in r.stdout
@@ -126,6 +129,11 @@ def test_unchecked_invariants_are_counted_with_reasons(learned: Path, tmp_path: 
     assert s["coverage_warning"] and s["reference"].endswith("plain_train.py")
     assert {"id", "severity", "reason", "detail"} <= set(doc["unchecked"][0])
     assert "invar: warning:" in r.stderr  # a machine-readable report repeats it on stderr
+    assert r.returncode == 7 and doc["summary"]["incomplete"] and doc["unobserved"]
+    r = run_invar("check", PLAIN, "--against", str(tmp_path / "other.yaml"), "--store", str(learned / "store"),
+                  "--steps", "3", "--allow-unchecked")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Not observed (accepted)" in r.stdout
 
 
 def test_a_script_that_never_trains_fails_check_and_infer_writes_nothing(learned: Path, tmp_path: Path) -> None:

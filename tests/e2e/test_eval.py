@@ -21,11 +21,17 @@ def test_corpus_detection_table(tmp_path) -> None:
     assert not missed, f"bugs missed: {missed}"
     assert not alarms, f"error-level false alarms: {alarms}"
     assert t["recall"] == 1.0 and t["false_alarms"] == 0 and t["loo_false_alarms"] == 0
+    # a whole run checked against invariants from 30-step reference runs is clean, and no
+    # clean run's check is incomplete
+    assert t["whole_runs"] >= 10 and t["whole_run_false_alarms"] == 0, \
+        [(row["case"], row["root_causes"]) for row in doc["rows"] if row["kind"] == "whole" and row["errors"]]
+    assert t["incomplete_clean_runs"] == 0, [(row["case"], row["variant"]) for row in doc["rows"] if row["incomplete"]]
+    assert all(m > 1 for envs in doc["closest_margins"].values() for m in (e["margin"] for e in envs.values()))
     assert t["exact_root_cause"] >= 0.9, [(row["variant"], row["root_causes"]) for row in doc["rows"]
                                            if row["kind"] == "bug" and not row["matched"]]
     structural = [row for row in doc["rows"] if row["kind"] == "bug" and row["expected_severity"] == "error"
                   and set(row["expected"]) & {"frozen", "no_gradient", "not_in_optimizer", "output_width",
-                                              "leakage", "input_size", "input_scale"}]
+                                              "leakage", "input_size", "input_scale", "weight_decay"}]
     assert structural and all(row["first_step"] is not None and row["first_step"] <= 1 for row in structural), \
         [(row["variant"], row["first_step"]) for row in structural]
     assert r.returncode == 0, r.stderr[-2000:]

@@ -25,8 +25,9 @@ def test_each_kind_of_variable_gets_its_templates(mined: tuple) -> None:
     assert by_id["all_none:block.fc.trainable_fraction@train"].expect == {"quantifier": "all"}
     assert by_id["all_none:block.fc.no_grad_fraction@train"].expect == {"quantifier": "none"}
     assert by_id["all_none:block.fc.trainable_fraction@train"].locus == "fc"
-    trend = by_id["trend:loss.value@train"]
-    assert trend.severity == "warning" and trend.when.steps == (0, STEPS - 1)
+    progress = by_id["progress:loss.value@train"]  # a consequence envelope: an error
+    assert progress.severity == "error" and progress.when.steps == (0, STEPS - 1)
+    assert progress.expect["max"] < 1 and progress.expect["min"] < progress.support.span[0]
     assert by_id["magnitude:optim.lr_max@train"].expect["min"] == 0.0  # a low learning rate is no error
     # dropout settings while training are configuration: a warning
     assert by_id["constant:model.dropout_active@train"].severity == "warning"
@@ -67,8 +68,8 @@ def test_the_same_reference_checks_clean_and_a_frozen_block_fails_at_step_0(mine
     v = frozen.violations["all_none:block.fc.trainable_fraction@train"]
     assert (v.step, v.severity, v.family, v.locus, v.count) == (0, "error", "frozen", "fc", STEPS)
     assert v.observed == "0" and v.expected == "== 1 (all)"
-    trend = frozen.violations["trend:loss.value@train"]  # decided once the window passed
-    assert trend.step == STEPS - 1 and trend.observed.startswith("changed +0.0%")
+    progress = frozen.violations["progress:loss.value@train"]  # decided once the window passed
+    assert progress.step == STEPS - 1 and progress.observed.startswith("ended at 1x its start")
     causes = explain(sorted(frozen.violations.values(), key=lambda v: (v.step, v.id)))
     assert causes[0].family == "frozen" and {x.family for x in causes[0].violations} >= {"frozen", "loss_trend"}
 
@@ -104,3 +105,25 @@ def test_fail_fast_hears_of_each_invariant_once(mined: tuple) -> None:
     checker = Checker(invs, on_violation=lambda v: heard.append(v.id))
     checker.feed(reference_run(7, **{"block.fc.trainable_fraction": lambda s: 0.5}))
     assert heard.count("all_none:block.fc.trainable_fraction@train") == 1
+
+
+def test_a_drift_that_explains_a_failed_consequence_becomes_its_root_cause_and_an_error() -> None:
+    # lr 1/50 of the reference's: a warning on its own (a schedule may start low) ...
+    def slow(s: int) -> float:
+        return 0.002
+
+    invs = mine([reference_run(seed) for seed in range(3)])[0]
+    low_lr = Checker(invs)
+    low_lr.feed(reference_run(1, **{"optim.lr_max": slow}))
+    low_lr.finish()
+    causes = explain(list(low_lr.violations.values()))
+    assert causes and all(v.severity == "warning" for c in causes for v in c.violations)
+    # ... an error when the run then does not learn: the loss stays flat
+    stuck = Checker(invs)
+    stuck.feed(reference_run(1, **{"optim.lr_max": slow, "loss.value": lambda s: 2.3}))
+    stuck.finish()
+    root = explain(sorted(stuck.violations.values(), key=lambda v: (v.step, v.id)))[0]
+    assert root.family == "learning_rate" and root.severity == "error"
+    own = [v for v in root.violations if v.family == "learning_rate"]
+    assert own and all(v.severity == "error" and v.escalated_by == "progress:loss.value@train" for v in own)
+    assert "an error because it explains loss trend" in root.summary

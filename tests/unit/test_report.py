@@ -12,7 +12,8 @@ from tests.unit.tables import reference_run, small_set
 
 def test_unchecked_reasons_and_verdicts_from_data() -> None:
     from invariants.model import Invariant, Support, When
-    from invariants.report import CheckReport, render_junit, render_text, unchecked
+    from invariants.coverage import unchecked
+    from invariants.report import CheckReport, render_junit, render_text
 
     def inv(iid: str, target: tuple, phase: str = "train", steps: tuple = (0, None), template: str = "range",
             severity: str = "error") -> Invariant:
@@ -66,3 +67,26 @@ def test_a_failed_check_renders_root_cause_first_in_every_format() -> None:
     assert sarif["runs"][0]["results"][0]["properties"]["family"] == "frozen"
     junit = RENDERERS["junit"](r)
     assert 'failures="1"' in junit and "all_none:block.fc.trainable_fraction@train" in junit
+
+
+def test_a_check_that_could_not_observe_error_level_invariants_is_incomplete() -> None:
+    from invariants.coverage import unchecked
+    invs = small_set()
+    checker = Checker(invs)
+    rows = [r for r in reference_run(1) if not r.variable.startswith("block.")]  # the blocks never observed
+    checker.feed(rows)
+    seen = {(r.phase, r.variable): (0, 11) for r in rows}
+    r = CheckReport(script="s.py", against="inv.yaml", run_id="r1", run_status="budget", steps=12,
+                    invariants_total=len(invs.invariants), invariants_checked=len(checker.checked),
+                    invariants_disabled=0, violations=[], causes=[], seconds=1.0, active_errors=20)
+    r.unchecked = unchecked(invs, checker.checked, seen)
+    assert not r.failed and r.incomplete and r.verdict == "INCOMPLETE"
+    groups = {(g.family, g.phase): g.loci for g in r.unobserved}
+    assert groups == {("architecture", "train"): ["fc"], ("frozen", "train"): ["fc"], ("no_gradient", "train"): ["fc"]}
+    text = RENDERERS["text"](r)
+    assert "Not observed (the verdict is incomplete)" in text and "--allow-unchecked" in text
+    doc = json.loads(RENDERERS["json"](r))
+    assert doc["summary"]["incomplete"] and {u["family"] for u in doc["unobserved"]} >= {"frozen"}
+    assert 'type="incomplete"' in RENDERERS["junit"](r)
+    r.allow_unchecked = True
+    assert r.verdict == "ok" and "Not observed (accepted)" in RENDERERS["text"](r)

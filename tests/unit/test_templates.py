@@ -96,9 +96,10 @@ HOLDS: List[tuple] = [
     ("ratio", {"min": 0.9, "max": 1.1}, (10.0, 10.0), 0, True),
     ("ratio", {"min": 0.9, "max": 1.1}, (128.0, 10.0), 0, False),
     ("ratio", {"min": 0.9, "max": 1.1}, (10.0, 0.0), 0, False),
-    ("trend", {"direction": "decreasing", "min_change": 0.1}, ([10.0, 9.0, 8.0, 7.0, 6.0, 5.0],), 5, True),
-    ("trend", {"direction": "decreasing", "min_change": 0.1}, ([10.0] * 6,), 5, False),
-    ("trend", {"direction": "decreasing", "min_change": 0.1}, ([10.0] * 3,), 5, True),  # too few to falsify
+    # a windowed template gets the (step, value) pairs of its window
+    ("trend", {"direction": "decreasing", "min_change": 0.1}, (list(enumerate([10.0, 9, 8, 7, 6, 5])),), 5, True),
+    ("trend", {"direction": "decreasing", "min_change": 0.1}, (list(enumerate([10.0] * 6)),), 5, False),
+    ("trend", {"direction": "decreasing", "min_change": 0.1}, (list(enumerate([10.0] * 3)),), 5, True),
     ("schedule", {"points": [[0, 1.0, 1.0], [10, 0.1, 0.1]], "factor": 3.0}, (1.0,), 5, True),
     ("schedule", {"points": [[0, 1.0, 1.0], [10, 0.1, 0.1]], "factor": 3.0}, (1.0,), 10, False),
 ]
@@ -117,7 +118,7 @@ OBSERVED: List[tuple] = [
     ("all_none", {"quantifier": "all"}, (0.25,), 0, None, "0.25", 0.75),
     ("ratio", {"min": 0.9, "max": 1.1}, (128.0, 10.0), 0, None, "128 / 10 = 12.8", 1.0),
     ("equal", {"offset": 0.0, "tolerance": 0.1}, (0.9, 0.4), 0, None, "0.9 - 0.4 = 0.5", 1.0),
-    ("trend", {"direction": "decreasing", "min_change": 0.1}, ([4.0, 4.0, 4.0, 4.0, 4.0, 4.0],), 5, None,
+    ("trend", {"direction": "decreasing", "min_change": 0.1}, (list(enumerate([4.0] * 6)),), 5, None,
      "changed +0.0% (4 -> 4)", 1.0),
     ("schedule", {"points": [[0, 1.0, 1.0], [10, 0.1, 0.1]], "factor": 3.0}, (1.0,), 12, None,
      "1 (10x the reference's 0.1 at step 10)", 1.0),
@@ -184,3 +185,57 @@ def test_fitted_expectations_are_what_the_file_format_declares() -> None:
             required = {k for k, f in fields.items() if f.required}
             assert required <= set(learned) <= set(fields), name
             assert all(fields[k].accepts(v) for k, v in learned.items()), (name, learned)
+
+
+# -- consequence envelopes -----------------------------------------------------------------
+def falling(start: float, rate: float, steps: int = 30, wobble: float = 0.0) -> List[float]:
+    """A loss curve start * rate**step, with a deterministic +-wobble (relative) per step."""
+    return [start * rate ** s * (1 + wobble * (-1) ** s) for s in range(steps)]
+
+
+def pairs(values: Sequence[float]) -> List[tuple]:
+    """(step, value) pairs sampled as a check observes them (every step before 5, then every 5th)."""
+    return [(s, v) for s, v in enumerate(values) if s < 5 or s % 5 == 0]
+
+
+def test_progress_fails_a_flat_loss_and_a_leaking_one_but_not_a_slower_one() -> None:
+    progress = template("progress")
+    fit = progress.fit(sample(falling(2.3, 0.97), falling(2.4, 0.968), falling(2.2, 0.972)))
+    assert isinstance(fit, Fit) and 0 < fit.expect["min"] < fit.expect["max"] < 1
+    e = fit.expect
+    assert not progress.holds(e, (pairs(falling(2.3, 1.0)),))      # a loss that does not fall
+    assert not progress.holds(e, (pairs(falling(2.3, 0.75)),))     # falls to 0.1 % of its start
+    slower = (pairs(falling(2.3, 0.985)),)                         # falls half as fast: fine
+    assert progress.holds(e, slower) and progress.margin(e, slower) > 1
+    assert "ended at 1x its start" in progress.observed(e, (pairs(falling(2.3, 1.0)),), 29, fit.support_span)
+
+
+def test_progress_learns_no_lower_bound_on_the_fall_when_the_reference_barely_moves() -> None:
+    # each reference run falls ~5 % while the batch-to-batch noise is +-10 %: within the noise
+    runs = [falling(2.3, 0.998, wobble=0.1), falling(2.3, 0.998, wobble=0.1), falling(2.4, 0.998, wobble=0.1)]
+    fit = template("progress").fit(sample(*runs))
+    assert isinstance(fit, Fit) and fit.expect["max"] is None
+    assert template("progress").holds(fit.expect, (pairs(falling(2.3, 1.0)),))
+
+
+def test_level_catches_collapsed_and_exploded_updates() -> None:
+    level = template("level")
+    fit = level.fit(sample([0.01, 0.012, 0.009, 0.011] * 8, [0.011, 0.01, 0.012, 0.009] * 8, [0.01] * 32))
+    assert isinstance(fit, Fit)
+    e = fit.expect
+    assert level.holds(e, (pairs([0.003] * 30),))                  # 3x smaller: a change, not a collapse
+    assert not level.holds(e, (pairs([0.0001] * 30),))             # 100x smaller: starved updates
+    assert not level.holds(e, (pairs([0.0] * 30),))                # no update at all
+    assert not level.holds(e, (pairs([1.0] * 30),))                # exploded
+    assert "1/100 of the reference's smallest" in level.observed(e, (pairs([0.0001] * 30),), 29, fit.support_span)
+
+
+def test_ceiling_compares_the_learning_rate_with_the_reference_at_the_same_step() -> None:
+    warmup = [0.1 * min(1.0, (s + 1) / 5) for s in range(30)]     # 5 warm-up steps to 0.1
+    fit = template("ceiling").fit(sample(warmup, warmup, warmup), factor=3.0)
+    assert isinstance(fit, Fit)
+    ceiling, e = template("ceiling"), fit.expect
+    assert not ceiling.holds(e, (0.1,), 0)                         # no warm-up: 5x at step 0
+    assert ceiling.holds(e, (0.1,), 10) and ceiling.holds(e, (0.004,), 0)
+    assert ceiling.margin(e, (0.05,), 10) == pytest.approx(6.0)
+    assert ceiling.observed(e, (0.1,), 0) == "0.1 (5x the reference's 0.02 at step 0)"

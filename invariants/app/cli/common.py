@@ -33,6 +33,7 @@ class Exit(enum.IntEnum):
     SCRIPT_SYNTAX = 4     # the script is not valid Python
     STORE_UNWRITABLE = 5  # the store directory cannot be created or written
     STORE_CORRUPT = 6     # the store file is not a usable database
+    INCOMPLETE = 7        # no violation, but error-level invariants could not be observed
     INTERNAL = 70         # a bug in invar: please report it
 
 
@@ -44,6 +45,8 @@ EXIT_TEXT: Dict[Exit, str] = {
     Exit.SCRIPT_SYNTAX: "the script has a syntax error",
     Exit.STORE_UNWRITABLE: "the store cannot be written",
     Exit.STORE_CORRUPT: "the store file is corrupt",
+    Exit.INCOMPLETE: "the check was incomplete: error-level invariants could not be observed "
+                     "(--allow-unchecked accepts it)",
     Exit.INTERNAL: "an internal error in invar (please report it)",
 }
 
@@ -207,6 +210,12 @@ def write_report(text: str, output: Optional[str]) -> None:
         click.echo(text)
 
 
+def allow_unchecked_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--allow-unchecked", is_flag=True,
+                        help="Accept a check that could not observe some error-level invariants "
+                             "(exit 0 instead of 7 when nothing else failed).")(f)
+
+
 def check_exit(result: Any, to_stderr: bool, crashed: str = "crashed") -> None:
     """Exits as a check's result says; a failure the report states only in its body is
     repeated on stderr when the report is not text on the terminal."""
@@ -219,3 +228,8 @@ def check_exit(result: Any, to_stderr: bool, crashed: str = "crashed") -> None:
                 err(f"invar: {line}")
     if result.failed:
         sys.exit(Exit.VIOLATIONS)
+    if result.incomplete:
+        err(f"invar: incomplete: {len(result.unobserved)} group(s) of error-level invariants were never "
+            f"observed ({'; '.join(u.family + '@' + u.phase for u in result.unobserved)}); "
+            f"--allow-unchecked accepts that")
+        sys.exit(Exit.INCOMPLETE)

@@ -15,7 +15,8 @@ from invariants.errors import UsageError
 
 
 @click.command("eval", epilog=exit_help((Exit.OK, "every bug found, no false alarm"),
-                                      (Exit.VIOLATIONS, "a bug variant missed or an error-level false alarm"),
+                                      (Exit.VIOLATIONS, "a bug variant missed, an error-level false alarm, or an "
+                                                       "incomplete check of a clean run"),
                                       (Exit.BAD_INPUT, "bad usage or no such corpus")))
 @click.argument("corpus_dir", default="corpus", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
@@ -46,7 +47,8 @@ def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: i
     else:
         click.echo(text)
     t = report.totals()
-    if t["recall"] < 1.0 or t["false_alarms"] or t["loo_false_alarms"]:
+    if t["recall"] < 1.0 or t["false_alarms"] or t["loo_false_alarms"] or t["whole_run_false_alarms"] \
+            or t["incomplete_clean_runs"]:
         sys.exit(Exit.VIOLATIONS)
 
 

@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 import click
 
 from invariants.app.cli import distributed as ranked
-from invariants.app.cli.common import (RUNS_SCRIPT, Exit, check_exit, err, exit_help, print_crash, run_summary,
-                                       script_arguments, store_option, trace_config, trace_options, warn,
-                                       write_invariants, write_report)
+from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option, check_exit, err, exit_help,
+                                       print_crash, run_summary, script_arguments, store_option, trace_config,
+                                       trace_options, warn, write_invariants, write_report)
 from invariants.app.scripts import check_script
 from invariants.app.store import Store
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING
@@ -23,7 +23,7 @@ INFER_EXITS = exit_help((Exit.OK, "the invariant file was written"),
                                          "(the reference ran no optimizer step)"), *RUNS_SCRIPT)
 CHECK_EXITS = exit_help((Exit.OK, None), (Exit.VIOLATIONS, "invariants violated (at or above --fail-on), "
                                                           "or nothing could be checked"),
-                        (Exit.BAD_INPUT, None), *RUNS_SCRIPT)
+                        (Exit.BAD_INPUT, None), *RUNS_SCRIPT, (Exit.INCOMPLETE, None))
 
 
 @click.command(epilog=TRACE_EXITS)
@@ -95,11 +95,12 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 @click.option("-o", "--output", default=None, help="Write the report here instead of stdout.")
 @click.option("--fail-fast", is_flag=True, help="Stop the run at the first violation at or above --fail-on.")
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
+@allow_unchecked_option
 @store_option
 @trace_options(CHECK_SAMPLING, "as many as the reference ran on")
 def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
-          output: Optional[str], fail_fast: bool, fail_on: str, store_dir: str, dense_steps: int,
-          sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
+          output: Optional[str], fail_fast: bool, fail_on: str, allow_unchecked: bool, store_dir: str,
+          dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
     """Check SCRIPT against learned invariants while it runs."""
     check_script(script)
     from invariants import report as rep
@@ -114,5 +115,6 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
     with redirect:
         result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
                                 fail_on=fail_on, store_dir=store_dir, config=cfg)
+    result.allow_unchecked = allow_unchecked
     write_report(rep.RENDERERS[fmt](result), output)
     check_exit(result, to_stderr=fmt != "text" or bool(output))
