@@ -11,13 +11,27 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("invariants", "tracer", "solver", "corpus")
 
 
-def imports() -> Dict[str, Set[str]]:
-    """module -> the modules and packages it imports, for every module of the packages."""
+def _type_only(tree: ast.AST) -> Set[int]:
+    """ids of the import nodes inside `if TYPE_CHECKING:` blocks (annotations only)."""
+    out: Set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def imports(runtime_only: bool = False) -> Dict[str, Set[str]]:
+    """module -> the modules and packages it imports, for every module of the packages
+    (with `runtime_only`, not those imported for annotations only)."""
     out: Dict[str, Set[str]] = {}
     for path in sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         names: Set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        skip = _type_only(tree) if runtime_only else set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             if isinstance(node, ast.Import):
                 names |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -48,7 +62,7 @@ def test_tracer_and_solver_import_nothing_of_invariants_and_corpus_nothing_of_in
 
 def test_no_import_cycle_but_the_template_registration() -> None:
     graph = nx.DiGraph()
-    table = imports()
+    table = imports(runtime_only=True)
     for module, names in table.items():
         for name in names:
             # `from a.b import c` names a.b.c: that module if there is one, else a.b
