@@ -10,11 +10,11 @@ extension runs is not observed. An extension may raise `StopRequested` to end th
 once (`invar shapes` does after its analysis) or call `session.request_stop(reason)` to
 end it at the next optimizer step.
 
-An extension records through `session.record(phase, variable, value)` (at the current
-step), and reads `session.step`, `session.observed(step)`, `session.root`,
-`session.config`, `session.current_loader()` and `session.module_name(module)`. Whatever
-it learned is read from the extension object after the run; run-level facts for the
-store come back through `facts()` in `RunResult.facts`.
+What an extension may use of the session is `SessionView` below: it records through
+`session.record(phase, variable, value)` (at the current step) and reads the step, the
+root model, the config, the current loader and module names. Whatever it learned is read
+from the extension object after the run; run-level facts for the store come back through
+`facts()` in `RunResult.facts`.
 
 Subclass `Extension` and override what you need: each method is a no-op by default, and
 the session dispatches an event only to the extensions that override it (module outputs
@@ -22,13 +22,40 @@ are frequent).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Optional, Protocol
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tracer.session import TraceSession
+
+class SessionView(Protocol):
+    """The part of a TraceSession an extension uses."""
+
+    step: int      # optimizer steps taken
+    config: Any    # the session's TraceConfig
+
+    @property
+    def root(self) -> "Optional[nn.Module]":
+        """The root model, once found."""
+
+    def observed(self, step: int) -> bool:
+        """Whether optimizer step `step` is observed."""
+
+    def record(self, phase: str, variable: str, value: Any) -> None:
+        """Adds one observation at the current step."""
+
+    def current_loader(self) -> Any:
+        """The DataLoader whose batch is being processed, if any."""
+
+    def module_name(self, module: "nn.Module") -> Optional[str]:
+        """A module's qualified name in the root model."""
+
+    def request_stop(self, reason: str) -> None:
+        """Ends the run at the next optimizer step."""
+
+    def quiet(self) -> ContextManager[Any]:
+        """A block inside which the tracer ignores everything."""
 
 
 class Extension:
@@ -36,28 +63,28 @@ class Extension:
 
     name = "extension"  # names its faults (`tracer.fault`) and what a fault silences
 
-    def attach(self, session: "TraceSession") -> None:
+    def attach(self, session: "SessionView") -> None:
         """When the session starts, before its hooks are installed."""
 
-    def on_first_call(self, session: "TraceSession", root: "nn.Module", args: tuple) -> None:
+    def on_first_call(self, session: "SessionView", root: "nn.Module", args: tuple) -> None:
         """Once, at the root model's first call, before its forward runs (static analyses)."""
 
-    def on_input(self, session: "TraceSession", root: "nn.Module", args: tuple) -> None:
+    def on_input(self, session: "SessionView", root: "nn.Module", args: tuple) -> None:
         """At every call of the root model the session sees, after the built-in input
         observations. (The rest of an unobserved training step runs without module hooks,
         so its further calls, e.g. gradient accumulation's micro-batches, are not seen.)"""
 
-    def on_module_output(self, session: "TraceSession", module: "nn.Module", output: Any) -> None:
+    def on_module_output(self, session: "SessionView", module: "nn.Module", output: Any) -> None:
         """After each module call inside a recorded root call (`session.module_name(module)`
         names it)."""
 
-    def on_output(self, session: "TraceSession", root: "nn.Module", output: Any) -> None:
+    def on_output(self, session: "SessionView", root: "nn.Module", output: Any) -> None:
         """At the end of a recorded root call, after the built-in output observations."""
 
-    def on_step(self, session: "TraceSession", optimizer: "torch.optim.Optimizer") -> None:
+    def on_step(self, session: "SessionView", optimizer: "torch.optim.Optimizer") -> None:
         """After every observed step of the primary optimizer, before the step's flush."""
 
-    def on_end(self, session: "TraceSession") -> None:
+    def on_end(self, session: "SessionView") -> None:
         """When the session ends (its hooks removed), before the last flush."""
 
     def facts(self) -> Dict[str, Any]:

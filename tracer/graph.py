@@ -9,15 +9,12 @@ falls back to the module-call graph seen by the hooks, with the reason recorded.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import fx, nn
 
-from tracer.extension import Extension
-
-if TYPE_CHECKING:
-    from tracer.session import TraceSession
+from tracer.extension import Extension, SessionView
 
 ModuleCall = Tuple[str, str, List[List[int]]]  # qualified name, class, output shapes
 
@@ -58,14 +55,14 @@ class GraphCapture(Extension):
         self.record: Optional[GraphRecord] = None
         self._calls: Optional[List[ModuleCall]] = None  # collecting while not None
 
-    def on_first_call(self, session: "TraceSession", root: nn.Module, args: tuple) -> None:
+    def on_first_call(self, session: SessionView, root: nn.Module, args: tuple) -> None:
         self._calls = []
 
-    def on_module_output(self, session: "TraceSession", module: nn.Module, output: Any) -> None:
+    def on_module_output(self, session: SessionView, module: nn.Module, output: Any) -> None:
         if self._calls is not None:
             self._calls.append((session.module_name(module), type(module).__name__, output_shapes(output)))
 
-    def on_output(self, session: "TraceSession", root: nn.Module, output: Any) -> None:
+    def on_output(self, session: SessionView, root: nn.Module, output: Any) -> None:
         if self._calls is not None:
             calls, self._calls = self._calls, None
             self.record = capture(root, calls)

@@ -8,10 +8,10 @@ import torch
 
 import solver
 from tracer import data as datamod
-from tracer.extension import Extension
+from tracer.extension import Extension, SessionView
 from tracer.model_io import model_input
 from tracer.runner import run_script
-from tracer.session import StopRequested, TraceConfig, TraceSession
+from tracer.session import StopRequested, TraceConfig
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ShapeAnalysis(Extension):
         self.probes = probes
         self.outcome: Optional[ShapesOutcome] = None
 
-    def on_first_call(self, session: TraceSession, root: torch.nn.Module, args: tuple) -> None:
+    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple) -> None:
         x = model_input(args)
         classes = _label_classes(session)
         report = solver.analyse(root, args, label_classes=classes, probes=self.probes)
@@ -87,7 +87,7 @@ def run(script: str, args: Sequence[str], probes: Sequence[Tuple[int, ...]] = ()
                          "whose parameters an optimizer holds", res.crashed)
 
 
-def _label_classes(session: TraceSession) -> Optional[int]:
+def _label_classes(session: SessionView) -> Optional[int]:
     loader = session.current_loader()
     if loader is None:
         return None

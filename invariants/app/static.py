@@ -12,9 +12,8 @@ from typing import List, Optional
 import torch
 
 import solver
-from tracer.extension import Extension
+from tracer.extension import Extension, SessionView
 from tracer.model_io import model_input
-from tracer.session import TraceSession
 
 
 class StaticPhase(Extension):
@@ -30,7 +29,7 @@ class StaticPhase(Extension):
         """The model the solver analyses (the root model itself here)."""
         return root
 
-    def on_first_call(self, session: TraceSession, root: torch.nn.Module, args: tuple) -> None:
+    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple) -> None:
         x = model_input(args)
         if x is None or x.dim() == 0:
             return

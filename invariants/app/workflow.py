@@ -17,14 +17,14 @@ from invariants import __version__, invfile, policy
 from invariants.app.store import DB_NAME, Store
 from invariants.errors import InvarError
 from invariants.model import InvariantSet, at_least
-from tracer.extension import Extension
+from tracer.extension import Extension, SessionView
 
 if TYPE_CHECKING:
     from invariants.check import Violation
     from invariants.mine import MineResult
     from invariants.report import CheckReport
     from tracer.runner import RunResult
-    from tracer.session import TraceConfig, TraceSession
+    from tracer.session import TraceConfig
 
 
 class Sampling(NamedTuple):
@@ -188,9 +188,9 @@ class FailFast(Extension):
 
     def __init__(self, fail_on: str):
         self.fail_on = fail_on
-        self._session: Optional["TraceSession"] = None
+        self._session: Optional[SessionView] = None
 
-    def attach(self, session: "TraceSession") -> None:
+    def attach(self, session: SessionView) -> None:
         self._session = session
 
     def on_violation(self, v: "Violation") -> None:
