@@ -62,9 +62,9 @@ class TimedObserver(CrossRankObserver):
         super().on_step(session, optimizer)
         self.seconds.append(time.perf_counter() - start)
 
-    def _local(self, session: Any, optimizer: Any) -> Any:
+    def payload(self, session: Any, optimizer: Any) -> Any:
         start = time.perf_counter()
-        out = super()._local(session, optimizer)
+        out = super().payload(session, optimizer)
         self.local_seconds.append(time.perf_counter() - start)
         return out
 

@@ -21,7 +21,11 @@ from invariants.app.ranks import RankRun, failure
 from invariants.variables import block_of, family_of
 from tests.conftest import ROOT, SCRIPTS, run_invar
 from tracer.blocks import block_map
-from tracer.distributed import CrossRankObserver, RankInfo, compare, ranks_of, sample_fingerprints, tensor_digest
+from tracer.digests import sample_fingerprints, tensor_digest
+from tracer.distributed import FINDINGS_FACT, CrossRankObserver
+from tracer.rank_compare import compare
+from tracer.rank_env import RankInfo
+from tracer.rank_payload import Header, PayloadLayout
 from tracer.session import TraceConfig
 from invariants.app.store import RunInfo
 
@@ -63,7 +67,7 @@ def _payload(model: nn.Module, x: torch.Tensor, lr: float = 0.1) -> tuple:
     out = model(x).sum()
     out.backward()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    local, names = obs._local(session, opt)
+    local, names = obs.payload(session, opt)
     return local.tolist(), names
 
 
@@ -72,8 +76,12 @@ def _model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
 
 
-def _values(rows: List[tuple]) -> dict:
-    return {v: (x, t) for v, x, t in rows}
+def _values(findings: List[Any]) -> dict:
+    return {f.variable: (f.value, f.text()) for f in findings}
+
+
+def _ranks(findings: List[Any]) -> dict:
+    return {f.variable: (f.ranks, f.majority) for f in findings}
 
 
 def test_identical_replicas_on_disjoint_data_compare_clean() -> None:
@@ -94,21 +102,27 @@ def test_a_diverged_rank_is_named_by_the_majority() -> None:
     x = torch.randn(8, 6)
     same, names = _payload(_model(), x)
     other, _ = _payload(_model(seed=1), x)
-    got = _values(compare([same, same, other, same], names))
+    found = compare([same, same, other, same], names)
+    got, ranks = _values(found), _ranks(found)
     value, text = got["dist.block.2.param_divergence"]
     assert value > 1e-3
-    assert ranks_of(text) == (2,) and "differ from ranks 0,1,3" in text
+    assert ranks["dist.block.2.param_divergence"] == ((2,), (0, 1, 3))
+    assert text == "ranks 2: parameters of rank 2 differ from ranks 0,1,3"  # rendered from the finding
     assert got["dist.batch_overlap"][0] == 6  # every pair of the 4 ranks got the same batch
-    assert got["dist.shared_samples"][0] == 8 and ranks_of(got["dist.shared_samples"][1]) == (0, 1, 2, 3)
+    assert got["dist.shared_samples"][0] == 8 and ranks["dist.shared_samples"][0] == (0, 1, 2, 3)
+    assert ranks["dist.world_size"] == ((), ()) and got["dist.world_size"] == (4.0, "")
 
 
 def test_learning_rates_and_batch_sizes_must_agree() -> None:
     x = torch.randn(12, 6)
     a, names = _payload(_model(), x[:8], lr=0.1)
     b, _ = _payload(_model(), x[8:], lr=0.2)
-    got = _values(compare([a, b], names))
+    found = compare([a, b], names)
+    got = _values(found)
     assert got["dist.lr_divergence"][0] == pytest.approx(0.5)
-    assert ranks_of(got["dist.lr_divergence"][1]) == (0, 1)
+    assert _ranks(found)["dist.lr_divergence"] == ((0, 1), ())  # no majority of two
+    assert got["dist.lr_divergence"][1] == ("ranks 0,1: learning rates differ between ranks 0 and 1 "
+                                            "(largest per rank: rank 0: 0.1, rank 1: 0.2)")
     assert got["dist.batch_size_divergence"][0] == pytest.approx(0.5)  # 8 vs 4 samples
 
 
@@ -120,6 +134,31 @@ def test_a_local_fault_still_joins_the_collective_with_nans() -> None:
     nan[0] = a[0]
     got = _values(compare([a, nan], names))
     assert "dist.block.0.param_divergence" not in got  # one usable rank: nothing to compare
+
+
+def test_the_payload_fields_are_where_the_layout_says() -> None:
+    x = torch.randn(8, 6)
+    values, names = _payload(_model(), x)
+    row = PayloadLayout().read(values)
+    assert row.ok and row[Header.STEP] == 3 and row[Header.BATCH] == 8 and row[Header.SAMPLES] == 8
+    assert row[Header.BLOCKS] == len(names) == 2 and row[Header.LR_MAX] == pytest.approx(0.1)
+    assert len(row.samples()) == 8
+    numel, param, grad = row.block(1)
+    assert numel == 5 * 2 + 2 and len(param) == len(grad) == 3
+
+
+def test_findings_become_a_fact_naming_the_ranks() -> None:
+    obs = CrossRankObserver()
+    x = torch.randn(8, 6)
+    same, names = _payload(_model(), x)
+    other, _ = _payload(_model(seed=1), x)
+    for finding in compare([same, other, same], names):
+        if finding.ranks:
+            obs.findings.append((3, finding))
+    found = {f["variable"]: f for f in obs.facts()[FINDINGS_FACT]}
+    assert found["dist.block.2.param_divergence"] == {"step": 3, "variable": "dist.block.2.param_divergence",
+                                                      "ranks": [1], "majority": [0, 2]}
+    assert CrossRankObserver().facts() == {}
 
 
 def test_ddp_wrappers_are_not_a_block_level() -> None:

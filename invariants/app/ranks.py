@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from invariants.app.record import trace_to_store
 from invariants.app.static import StaticPhase
@@ -29,7 +29,8 @@ from invariants.explain import explain
 from invariants.model import InvariantSet
 from invariants.report import CheckReport
 from tracer.blocks import WRAPPERS
-from tracer.distributed import CrossRankObserver, RankInfo, destroy_default_group, ranks_of, sigterm_ends_run
+from tracer.distributed import FINDINGS_FACT, CrossRankObserver
+from tracer.rank_env import RankInfo, destroy_default_group, sigterm_ends_run
 from tracer.runner import RunResult
 from tracer.session import TraceConfig
 
@@ -224,7 +225,9 @@ def check_group(store_dir: str, group: str, invariants: InvariantSet, world_size
         runs = group_runs(store, group)
         latest = {r.rank: r for r in runs}  # a re-launch under the same group: the last one
         rows = {rank: list(store.observations(r.run.id)) for rank, r in latest.items()}
-        seconds = [float(store.facts(r.run.id).get("seconds") or 0.0) for r in latest.values()]
+        facts = [store.facts(r.run.id) for r in latest.values()]
+    seconds = [float(f.get("seconds") or 0.0) for f in facts]
+    differing = ranks_that_differ(facts)
     merged: Dict[str, Violation] = {}
     checked: set = set()
     for rank in sorted(latest):
@@ -234,7 +237,8 @@ def check_group(store_dir: str, group: str, invariants: InvariantSet, world_size
         checked |= checker.checked
         details = {(s, v[: -len(".ranks")]): t for s, _, v, _, t in rows[rank] if v.endswith(".ranks") and t}
         for v in sorted(checker.violations.values(), key=lambda v: (v.step, v.id)):
-            _merge(merged, v, rank, details.get((v.step, v.target[0])))
+            at = (v.step, v.target[0])
+            _merge(merged, v, rank, details.get(at), differing.get(at, ()))
     violations = sorted(merged.values(), key=lambda v: (v.step, v.id))
     for v in violations:
         if not v.target[0].startswith("dist."):
@@ -254,14 +258,24 @@ def check_group(store_dir: str, group: str, invariants: InvariantSet, world_size
                        crash=failure(list(latest.values()), world_size), notes=notes)
 
 
-def _merge(merged: Dict[str, Violation], v: Violation, rank: int, detail: Optional[str]) -> None:
+def ranks_that_differ(facts: Sequence[Dict[str, Any]]) -> Dict[Tuple[int, str], Tuple[int, ...]]:
+    """(step, dist.* variable) -> the ranks that differ there, from the ranks' findings
+    facts (every rank records the same; a killed rank's come from its peers)."""
+    out: Dict[Tuple[int, str], Tuple[int, ...]] = {}
+    for f in facts:
+        for found in f.get(FINDINGS_FACT) or ():
+            out.setdefault((found["step"], found["variable"]), tuple(found["ranks"]))
+    return out
+
+
+def _merge(merged: Dict[str, Violation], v: Violation, rank: int, detail: Optional[str],
+           differing: Tuple[int, ...]) -> None:
     old = merged.get(v.id)
     if v.target[0].startswith("dist."):
         # Every rank recorded the same cross-rank value: keep one, naming the ranks that differ.
         if old is None:
-            merged[v.id] = dataclasses.replace(
-                v, ranks=ranks_of(detail) if detail else (),
-                message=v.message + (f" — {detail}" if detail else ""))
+            merged[v.id] = dataclasses.replace(v, ranks=differing,
+                                               message=v.message + (f" — {detail}" if detail else ""))
         return
     if old is None:
         merged[v.id] = dataclasses.replace(v, ranks=(rank,))

@@ -24,7 +24,7 @@ from invariants.errors import UsageError
 
 def distributed(nproc_per_node: Optional[int], invariants: Any = None) -> bool:
     """Whether the command runs the distributed way: launched as a rank, or asked to launch."""
-    from tracer.distributed import RankInfo
+    from tracer.rank_env import RankInfo
     in_rank = RankInfo.from_env() is not None
     if nproc_per_node is not None and nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
@@ -85,7 +85,7 @@ def _launch(ctx: click.Context, verb: str, nproc: int, stdout: Any = None) -> tu
 # -- trace --------------------------------------------------------------------------------------
 def trace(ctx: click.Context) -> None:
     from invariants.app import ranks
-    from tracer.distributed import RankInfo
+    from tracer.rank_env import RankInfo
     p = ctx.params
     info = RankInfo.from_env()
     if info is None:
@@ -111,7 +111,7 @@ def trace(ctx: click.Context) -> None:
 # -- infer --------------------------------------------------------------------------------------
 def infer(ctx: click.Context) -> None:
     from invariants.app import ranks
-    from tracer.distributed import RankInfo
+    from tracer.rank_env import RankInfo
     p = ctx.params
     if p.get("from_runs"):
         raise UsageError("--from mines stored runs: drop --nproc-per-node")
@@ -165,7 +165,7 @@ def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int) -> None:
 # -- check --------------------------------------------------------------------------------------
 def check(ctx: click.Context, invariants: Any) -> None:
     from invariants.app import ranks
-    from tracer.distributed import RankInfo
+    from tracer.rank_env import RankInfo
     p = ctx.params
     if p["fail_fast"]:
         raise UsageError("--fail-fast is not supported on several ranks (all ranks must stop at the same "
