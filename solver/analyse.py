@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import sympy
-import torch
 from torch import nn
 
 from solver import confirm, z3query
+from solver.call import CallSpec, TensorSlot
+from solver.reasons import plain_reason
 from solver.results import Counterexample, Proved, Result, Unknown
-from solver.symbolic import SymbolicRun, dynamic_dims, symbolic_run
+from solver.symbolic import SymbolicRun, symbolic_run
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -42,6 +43,7 @@ class ShapeReport:
     notes: Tuple[str, ...]
     seconds: float
     domain_kind: str = ""                        # "square side", "sequence length" or "" (none)
+    call: str = ""                               # how the model was called: model(Tensor[8, 12], targets=...)
     _run: Optional[SymbolicRun] = field(default=None, repr=False, compare=False)
     _symbols: Tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
@@ -88,7 +90,7 @@ class ShapeReport:
                        for p in self.probes],
             "stages": [{"module": m, "shape": list(s)} for m, s in self.stages],
             "cost": {"flops": self.flops, "activation_bytes": self.activation_bytes},
-            "input": list(self.input_names), "notes": list(self.notes), "seconds": round(self.seconds, 3),
+            "input": list(self.input_names), "call": self.call, "notes": list(self.notes), "seconds": round(self.seconds, 3),
         }
 
 
@@ -100,18 +102,20 @@ def _int(e: Any, values: Dict[Any, int]) -> Optional[int]:
         return None
 
 
-def _names(x: torch.Tensor) -> List[str]:
-    dyn = dynamic_dims(x)
-    spatial = ["H", "W", "D"] if x.is_floating_point() and x.dim() >= 4 else ["T", "U", "V"]
+def _names(slot: TensorSlot, batch_index: int) -> List[str]:
+    """The primary input's dims in words: B at the batch dim, H/W/D for an image's
+    spatial dims, T/U/V for sequence dims, the size itself for a fixed dim."""
+    image = slot.dtype.is_floating_point and len(slot.shape) >= 4
+    spatial = ["H", "W", "D"] if image else ["T", "U", "V"]
     out, k = [], 0
-    for i, d in enumerate(dyn):
-        if i == 0:
+    for i, d in enumerate(slot.dims):
+        if i == batch_index and isinstance(d, str):
             out.append("B")
-        elif d:
+        elif isinstance(d, str):
             out.append(spatial[k] if k < len(spatial) else f"S{k}")
             k += 1
         else:
-            out.append(str(int(x.shape[i])))
+            out.append(str(d))
     return out
 
 
@@ -125,42 +129,48 @@ def _stage_names(model: nn.Module) -> List[str]:
     return names
 
 
-def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[int] = None,
-            probes: Sequence[Sequence[int]] = (), timeout_ms: int = 2000) -> ShapeReport:
-    """Answers the shape questions for `model` called on `example_inputs`.
+def analyse(model: nn.Module, example_inputs: Any, kwargs: Optional[Mapping[str, Any]] = None, *,
+            label_classes: Optional[int] = None, probes: Sequence[Sequence[int]] = (),
+            timeout_ms: int = 2000) -> ShapeReport:
+    """Answers the shape questions for `model` called as `model(*example_inputs, **kwargs)`,
+    the way the script called it (solver/call.py: non-tensor arguments passed through,
+    targets and states tied to the primary input's batch and sequence sizes).
 
     Never raises on a model it cannot handle: what it cannot decide is Unknown with the
-    reason. A size is called rejected (a batch-size counterexample, a rejected probe, a
-    domain bound) only when a concrete forward of the meta copy fails there too, since
-    torch's guards also hold branch conditions that are no requirement (solver/confirm.py).
-    Raises TypeError only for arguments that are not a module and tensors."""
+    reason in words. A size is called rejected (a batch-size counterexample, a rejected
+    probe, a domain bound) only when a concrete forward of the meta copy, called the same
+    way, fails there too, since torch's guards also hold branch conditions that are no
+    requirement (solver/confirm.py). Raises TypeError only for arguments that are not a
+    module and a call with a tensor."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"analyse() needs an nn.Module, got {type(model).__name__}")
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    inputs = tuple(x for x in inputs if isinstance(x, torch.Tensor))
-    if not inputs:
-        raise TypeError("analyse() needs at least one example input tensor")
+    try:
+        spec = CallSpec.of(example_inputs, kwargs)
+    except TypeError:
+        raise TypeError("analyse() needs at least one example input tensor") from None
     start = time.perf_counter()
     notes: List[str] = []
     run: Optional[SymbolicRun] = None
+    failures: List[str] = []
     for concrete in (False, True):
         try:
-            run = symbolic_run(model, inputs, concrete=concrete)
+            run = symbolic_run(model, spec, concrete=concrete)
             break
         except Exception as e:  # unsupported ops surface as many exception types
-            notes.append(f"{'concrete' if concrete else 'symbolic'} run failed: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-    x0 = inputs[0]
-    names = _names(x0)
+            failures.append(plain_reason(e))
+    if failures:
+        when = "with symbolic sizes" if run is not None else "with symbolic or fixed sizes"
+        notes.append(f"the model could not run on fake tensors {when}: {'; '.join(dict.fromkeys(failures))}")
     if run is None:
-        reason = notes[-1] if notes else "the model could not be run on fake tensors"
-        return ShapeReport(tuple(names), (), Unknown(reason), None, None, None, None, (), (),
-                           (), "?", "?", tuple(notes), time.perf_counter() - start)
+        reason = notes[-1]
+        return ShapeReport(tuple(_names(spec.x0, 0)), (), Unknown(reason), None, None, None, None, (), (),
+                           (), "?", "?", tuple(notes), time.perf_counter() - start, call=spec.describe())
     if run.concrete:
         notes.append("sizes are concrete (the symbolic run failed): shape facts hold for this input only")
     if run.ruled:
         notes.append(f"RNN shapes from invar's own rule: {', '.join(run.ruled)}")
-    syms = run.input_symbols[0]
+    syms, bi, x0 = run.symbols, run.batch_index, spec.x0
+    names = _names(x0, bi)
     rename = {s: sympy.Symbol(n) for s, n in zip(syms, names) if isinstance(s, sympy.Symbol)}
     show = lambda e: str(e.xreplace(rename)) if hasattr(e, "xreplace") else str(e)  # noqa: E731
     guards = [g for g, _ in run.guards]
@@ -170,7 +180,7 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
     pinned = {s: vo for s, vo in run.specialised.items() if vo[1] not in run.ruled}
     out = run.output or []
     width = int(out[-1]) if out and not hasattr(out[-1], "free_symbols") else None
-    batch = syms[0] if syms and isinstance(syms[0], sympy.Symbol) else None
+    batch = syms[bi] if syms and isinstance(syms[bi], sympy.Symbol) else None
     if run.output is None:
         poly: Result = Unknown("the model has no tensor output")
     elif not out:
@@ -181,7 +191,7 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         poly = Unknown(_pinned_reason(model, "batch size", *pinned[batch]))
     else:
         names_of = {str(k): str(v) for k, v in rename.items()}
-        poly = confirm.batch_polymorphism(model, inputs, run, show, names_of, timeout_ms)
+        poly = confirm.batch_polymorphism(model, run, show, names_of, timeout_ms)
         if isinstance(poly, Counterexample):  # the model in the input's names (B, H, T)
             poly = Counterexample(poly.what, {names_of.get(k, k): v for k, v in poly.model.items()})
     label = None
@@ -200,7 +210,7 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         notes.append(f"{kind} unknown: " + _pinned_reason(model, kind, *pinned[s]))
     if spatial and not any(s in pinned for s in spatial):
         square = [sympy.Eq(spatial[0], s) for s in spatial[1:]]
-        bfix = [sympy.Eq(batch, int(x0.shape[0]))] if batch is not None else []
+        bfix = [sympy.Eq(batch, int(x0.shape[bi]))] if batch is not None else []
         side_min = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, False, timeout_ms)
         side_max = z3query.extremum(str(spatial[0]), guards + square + bfix, positive, True, timeout_ms)
         # each bound says the next side is rejected: confirmed concretely like any rejection
@@ -208,33 +218,14 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
             bound = side_min if step < 0 else side_max
             if bound is None or (step < 0 and bound <= 1):
                 continue
-            moved, note = confirm.widen(model, inputs, run, spatial, bound, step, kind)
+            moved, note = confirm.widen(model, run, spatial, bound, step, kind)
             if note:
                 notes.append(note)
             if moved is None:  # no bound confirmed on this side: the domain is unknown
                 side_min = side_max = None
                 break
             side_min, side_max = (moved, side_max) if step < 0 else (side_min, moved)
-    probe_results = []
-    for size in probes:
-        full = [int(x0.shape[0])] + [int(v) for v in size]
-        if len(full) != len(syms):
-            probe_results.append(Probe(tuple(size), None, (f"expected {len(syms) - 1} dims",)))
-            continue
-        values = {s: v for s, v in zip(syms, full) if isinstance(s, sympy.Symbol)}
-        fixed_ok = all(int(s) == v for s, v in zip(syms, full) if not isinstance(s, sympy.Symbol))
-        if fixed_ok and any(values[s] != pinned[s][0] for s in values if s in pinned):
-            probe_results.append(Probe(tuple(size), None, ()))  # a size torch's path pinned
-            continue
-        accepted, blame = z3query.check_concrete(run.guards, values)
-        if not fixed_ok:
-            accepted, blame = False, ["(input channels)"] + blame
-        if accepted is False:  # a rejection is reported only when a concrete forward agrees
-            accepted, note = confirm.rejection(model, inputs, run, full, values, show)
-            blame = [] if accepted else blame
-            if note:
-                notes.append(note)
-        probe_results.append(Probe(tuple(size), accepted, tuple(blame)))
+    probe_results = [_probe(model, run, size, pinned, show, notes) for size in probes]
     stages = []
     for stage in _stage_names(model):
         last = next((dims for name, dims in reversed(run.records)
@@ -246,8 +237,32 @@ def analyse(model: nn.Module, example_inputs: Any, *, label_classes: Optional[in
         output_width=width, label_check=label, side_min=side_min, side_max=side_max,
         guards=tuple((show(g), o) for g, o in run.guards), probes=tuple(probe_results),
         stages=tuple(stages), flops=show(run.flops), activation_bytes=show(run.activation_bytes),
-        notes=tuple(notes), seconds=time.perf_counter() - start, domain_kind=kind, _run=run,
-        _symbols=tuple(syms))
+        notes=tuple(notes), seconds=time.perf_counter() - start, domain_kind=kind, call=spec.describe(),
+        _run=run, _symbols=tuple(syms))
+
+
+def _probe(model: nn.Module, run: SymbolicRun, size: Sequence[int], pinned: Dict[Any, Tuple[int, str]],
+           show: Callable[[Any], str], notes: List[str]) -> Probe:
+    """Whether an input size (without the batch dim) is accepted: the guards' answer, a
+    rejection confirmed by a concrete forward called the script's way."""
+    syms, bi = run.symbols, run.batch_index
+    full = [int(v) for v in size]
+    full.insert(bi, int(run.spec.x0.shape[bi]))
+    if len(full) != len(syms):
+        return Probe(tuple(size), None, (f"expected {len(syms) - 1} dims",))
+    values = {s: v for s, v in zip(syms, full) if isinstance(s, sympy.Symbol)}
+    fixed_ok = all(int(s) == v for s, v in zip(syms, full) if not isinstance(s, sympy.Symbol))
+    if fixed_ok and any(values[s] != pinned[s][0] for s in values if s in pinned):
+        return Probe(tuple(size), None, ())  # a size torch's path pinned
+    accepted, blame = z3query.check_concrete(run.guards, values)
+    if not fixed_ok:
+        accepted, blame = False, ["(input channels)"] + blame
+    if accepted is False:  # a rejection is reported only when a concrete forward agrees
+        accepted, note = confirm.rejection(model, run, full, values, show)
+        blame = [] if accepted else blame
+        if note:
+            notes.append(note)
+    return Probe(tuple(size), accepted, tuple(blame))
 
 
 def _pinned_reason(model: nn.Module, what: str, value: int, owner: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import sympy
-import torch
 from torch import nn
 
 from solver import z3query
@@ -44,19 +43,10 @@ def _rejects(failing: Sequence[Any]) -> str:
     return "rejects" if len(failing) <= 1 else "reject"
 
 
-def _values(run: SymbolicRun, inputs: Sequence[torch.Tensor], point: Dict[str, int]) -> Dict[Any, int]:
+def _values(run: SymbolicRun, point: Dict[str, int]) -> Dict[Any, int]:
     """Every input symbol's value: the point's where it has one, the example's otherwise."""
-    values: Dict[Any, int] = {}
-    for x, dims in zip(inputs, run.input_symbols):
-        for d, size in zip(dims, x.shape):
-            if isinstance(d, sympy.Symbol) and d not in values:
-                values[d] = int(point.get(str(d), int(size)))
-    return values
-
-
-def _shapes(run: SymbolicRun, values: Dict[Any, int]) -> List[Tuple[int, ...]]:
-    return [tuple(values[d] if isinstance(d, sympy.Symbol) else int(d) for d in dims)
-            for dims in run.input_symbols]
+    return {d: int(point.get(str(d), size)) for d, size in zip(run.symbols, run.spec.x0.shape)
+            if isinstance(d, sympy.Symbol)}
 
 
 def _at(e: Any, values: Dict[Any, int]) -> Optional[int]:
@@ -66,12 +56,11 @@ def _at(e: Any, values: Dict[Any, int]) -> Optional[int]:
         return None
 
 
-def _point_text(run: SymbolicRun, inputs: Sequence[torch.Tensor], values: Dict[Any, int],
-                names: Dict[str, str]) -> str:
-    """"B=1", plus the input-0 sizes that differ from the example's ("B=1, T=7")."""
-    syms, shape = run.input_symbols[0], inputs[0].shape
-    parts = [f"{names.get(str(s), str(s))}={values[s]}" for i, s in enumerate(syms)
-             if isinstance(s, sympy.Symbol) and (i == 0 or values[s] != int(shape[i]))]
+def _point_text(run: SymbolicRun, values: Dict[Any, int], names: Dict[str, str]) -> str:
+    """"B=1", plus the primary input's sizes that differ from the example's ("B=1, T=7")."""
+    bi, shape = run.batch_index, run.spec.x0.shape
+    parts = [f"{names.get(str(s), str(s))}={values[s]}" for i, s in enumerate(run.symbols)
+             if isinstance(s, sympy.Symbol) and (i == bi or values[s] != int(shape[i]))]
     return ", ".join(parts)
 
 
@@ -79,35 +68,38 @@ def _dims_text(dims: Optional[Sequence[int]]) -> str:
     return "no tensor" if dims is None else f"[{', '.join(map(str, dims))}]"
 
 
-def _run(model: nn.Module, inputs: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]]) -> ConcreteRun:
+def _run(model: nn.Module, run: SymbolicRun, sizes: Dict[int, int]) -> ConcreteRun:
     """concrete_run, with a failure trusted only when the example's own sizes run: else
     the fake-tensor path cannot run this model and the failure is undecided."""
-    conc = concrete_run(model, inputs, shapes)
+    conc = concrete_run(model, run.spec, sizes)
     if conc.decided and conc.error:
-        example = concrete_run(model, inputs, [tuple(x.shape) for x in inputs])
+        example = concrete_run(model, run.spec, {})
         if not example.ok:
             return ConcreteRun(conc.shapes, None, f"{conc.error}; at the example's own sizes too: "
                                f"{example.error}", conc.module, decided=False)
     return conc
 
 
-def batch_polymorphism(model: nn.Module, inputs: Sequence[torch.Tensor], run: SymbolicRun,
-                       show: Callable[[Any], str], names: Dict[str, str], timeout_ms: int = 2000) -> Result:
-    """Is the output [B, K] for every batch size B >= 1, and is every B accepted? z3 over
-    the run's guards, each counterexample confirmed by a concrete forward before it is one.
+def batch_polymorphism(model: nn.Module, run: SymbolicRun, show: Callable[[Any], str], names: Dict[str, str],
+                       timeout_ms: int = 2000) -> Result:
+    """Is the output [B, K] for every batch size B >= 1 (B in the dim where the example
+    has it, the other dims independent of B), and is every B accepted? z3 over the run's
+    guards, each counterexample confirmed by a concrete forward before it is one.
 
     `show` renders an expression in the input's names, `names` maps a symbol's name to
     its input name (s0 -> B)."""
-    syms, out, x0 = run.input_symbols[0], run.output or [], inputs[0]
-    batch = syms[0]
+    syms, out, bi = run.symbols, run.output or [], run.batch_index
+    batch = syms[bi]
+    ob = next((i for i, d in enumerate(out) if d == batch), 0)  # the output's batch dim
     guards = [g for g, _ in run.guards]
     positive = [str(s) for s in syms if isinstance(s, sympy.Symbol)]
-    claim = sympy.And(sympy.Eq(out[0], batch), *[sympy.Eq(d, d.subs(batch, 1)) if hasattr(d, "subs") else True
-                                                  for d in out[1:]])
-    fixed = [sympy.Eq(s, int(v)) for s, v in zip(syms[1:], x0.shape[1:]) if isinstance(s, sympy.Symbol)]
+    claim = sympy.And(sympy.Eq(out[ob], batch), *[sympy.Eq(d, d.subs(batch, 1)) if hasattr(d, "subs") else True
+                                                   for i, d in enumerate(out) if i != ob])
+    fixed = [sympy.Eq(s, int(v)) for i, (s, v) in enumerate(zip(syms, run.spec.x0.shape))
+             if i != bi and isinstance(s, sympy.Symbol)]
     shape = f"[{', '.join(show(d) for d in out)}]"
-    form = f"output is {shape} with dim 0 = B for every B >= 1"
-    example = _values(run, inputs, {})
+    form = f"output is {shape} with dim {ob} = B for every B >= 1"
+    example = _values(run, {})
     excluded: List[Any] = []      # points a concrete forward accepted, as sympy "not this point"
     artefacts: List[Tuple[str, List[Tuple[Any, str]], ConcreteRun]] = []
     while True:
@@ -117,8 +109,8 @@ def batch_polymorphism(model: nn.Module, inputs: Sequence[torch.Tensor], run: Sy
                               "every batch size B >= 1 is accepted", timeout_ms)
         if not isinstance(r, Counterexample):
             break
-        values = _values(run, inputs, r.model)
-        at = _point_text(run, inputs, values, names)
+        values = _values(run, r.model)
+        at = _point_text(run, values, names)
         failing, _ = z3query.failing_guards(run.guards, values)
         why = guards_text(model, failing, show) if failing else ""
         if len(artefacts) == MAX_CONFIRMATIONS:
@@ -127,8 +119,8 @@ def batch_polymorphism(model: nn.Module, inputs: Sequence[torch.Tensor], run: Sy
                            f"but a concrete forward accepted each of the {MAX_CONFIRMATIONS} sizes its guards "
                            f"rejected before ({seen}): they are artefacts of the symbolic path, and other batch "
                            f"sizes were not checked concretely")
-        conc = _run(model, inputs, _shapes(run, values))
-        widths = tuple(_at(d, {**values, batch: example[batch]}) for d in out[1:])
+        conc = _run(model, run, run.sizes(values))
+        widths = tuple(_at(d, {**values, batch: example[batch]}) for d in out)
         if not conc.decided:
             return Unknown(f"{why or 'the symbolic run'} {_rejects(failing)} {at}, and a concrete forward "
                            f"could not confirm it ({conc.error})")
@@ -140,8 +132,8 @@ def batch_polymorphism(model: nn.Module, inputs: Sequence[torch.Tensor], run: Sy
                                       f"({conc.error}{inside})", r.model)
             return Counterexample(f"{at} is rejected: a concrete forward fails in {where} ({conc.error}), "
                                   f"though no guard of the symbolic run excludes it", r.model)
-        if conc.output is None or len(conc.output) != len(out) or conc.output[0] != values[batch] or any(
-                w is not None and w != c for w, c in zip(widths, conc.output[1:])):
+        if conc.output is None or len(conc.output) != len(out) or conc.output[ob] != values[batch] or any(
+                w is not None and w != c for i, (w, c) in enumerate(zip(widths, conc.output)) if i != ob):
             return Counterexample(f"output {shape} is not [B, K] for every B: at {at} a concrete forward gives "
                                   f"{_dims_text(conc.output)}", r.model)
         artefacts.append((at, failing, conc))
@@ -162,16 +154,15 @@ def batch_polymorphism(model: nn.Module, inputs: Sequence[torch.Tensor], run: Sy
                              f"but a concrete forward {seen}")
 
 
-def rejection(model: nn.Module, inputs: Sequence[torch.Tensor], run: SymbolicRun, shape: Sequence[int],
-              values: Dict[Any, int], show: Callable[[Any], str]) -> Tuple[Optional[bool], str]:
-    """A probe the guards reject at `values` (input 0's symbols), checked concretely:
-    (accepted, note). False when a forward at `shape` (input 0's; other inputs at their
-    example sizes) fails too, True with a note when it runs, None with a note when the
-    fake-tensor path cannot run it."""
+def rejection(model: nn.Module, run: SymbolicRun, shape: Sequence[int], values: Dict[Any, int],
+              show: Callable[[Any], str]) -> Tuple[Optional[bool], str]:
+    """A probe the guards reject at `values` (the primary input's symbols), checked
+    concretely: (accepted, note). False when a forward at `shape` (the primary input's,
+    the tensors tied to it moved along) fails too, True with a note when it runs, None
+    with a note when the fake-tensor path cannot run it."""
     failing, _ = z3query.failing_guards(run.guards, values)
-    shapes = [tuple(int(d) for d in shape)] + [tuple(x.shape) for x in inputs[1:]]
-    conc = _run(model, inputs, shapes)
-    size = "x".join(str(d) for d in shape[1:])
+    conc = _run(model, run, {i: int(d) for i, d in enumerate(shape)})
+    size = "x".join(str(d) for i, d in enumerate(shape) if i != run.batch_index)
     why = guards_text(model, failing, show) if failing else "the symbolic run"
     if not conc.decided:
         return None, (f"probe {size}: {why} {_rejects(failing)} it, and a concrete forward could not confirm it "
@@ -182,8 +173,8 @@ def rejection(model: nn.Module, inputs: Sequence[torch.Tensor], run: SymbolicRun
                   f"accepts it (output {_dims_text(conc.output)})")
 
 
-def widen(model: nn.Module, inputs: Sequence[torch.Tensor], run: SymbolicRun, sides: Sequence[Any],
-          bound: int, step: int, kind: str) -> Tuple[Optional[int], str]:
+def widen(model: nn.Module, run: SymbolicRun, sides: Sequence[Any], bound: int, step: int,
+          kind: str) -> Tuple[Optional[int], str]:
     """A side bound from the guards, checked concretely one step beyond it (`step` -1 for
     the lower bound, +1 for the upper): the bound as confirmed, moved while a concrete
     forward accepts the next side (None past MAX_CONFIRMATIONS), and a note when moved."""
@@ -191,8 +182,8 @@ def widen(model: nn.Module, inputs: Sequence[torch.Tensor], run: SymbolicRun, si
     for _ in range(MAX_CONFIRMATIONS):
         if side + step < 1:
             break
-        values = _values(run, inputs, {str(s): side + step for s in sides})
-        if not concrete_run(model, inputs, _shapes(run, values)).ok:
+        values = _values(run, {str(s): side + step for s in sides})
+        if not concrete_run(model, run.spec, run.sizes(values)).ok:
             break
         side += step
         accepted.append(side)

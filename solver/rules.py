@@ -60,6 +60,13 @@ MODULE_RULES: Dict[type, Callable[..., Any]] = {
 }
 
 
+def batch_dim(m: nn.Module, input: Any) -> Optional[int]:
+    """Which dim of a ruled module's input is the batch (an RNN's batch_first says), if any."""
+    if isinstance(m, nn.RNNBase) and isinstance(input, torch.Tensor) and input.dim() == 3:
+        return 0 if m.batch_first else 1
+    return None
+
+
 def rule_for(m: nn.Module) -> Optional[Callable[..., Any]]:
     """The own rule standing in for `m`'s forward, or None for torch's path."""
     return MODULE_RULES.get(type(m))

@@ -165,3 +165,85 @@ class TinyEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple:
         h = self.enc(self.embed(tokens))
         return self.head(h.mean(dim=1)), h
+
+
+class TinyGPT(nn.Module):
+    """nanoGPT's call: `model(idx, targets)` -> (logits [B, T, V], loss or None); a causal
+    mask buffer sized for `block` positions, sliced to T."""
+
+    def __init__(self, vocab: int = 40, block: int = 16, dim: int = 16):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(block, dim)
+        self.register_buffer("mask", torch.tril(torch.ones(block, block)).bool())
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor = None):
+        b, t = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = (q @ k.transpose(-2, -1)).masked_fill(~self.mask[:t, :t], float("-inf")).softmax(-1)
+        logits = self.head(x + att @ v)
+        if targets is None:
+            return logits, None
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+class HiddenRNN(nn.Module):
+    """The word-language-model call: `model(x, hidden)` -> (output, hidden); sequence-first
+    input [T, B] token ids, hidden state [layers, B, H] made by `init_hidden(B)`."""
+
+    def __init__(self, vocab: int = 30, dim: int = 8, hidden: int = 12, layers: int = 2):
+        super().__init__()
+        self.layers, self.hidden = layers, hidden
+        self.emb = nn.Embedding(vocab, dim)
+        self.rnn = nn.GRU(dim, hidden, layers)
+        self.dec = nn.Linear(hidden, vocab)
+
+    def init_hidden(self, batch: int) -> torch.Tensor:
+        return torch.zeros(self.layers, batch, self.hidden)
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor):
+        out, hidden = self.rnn(self.emb(x), hidden)
+        return self.dec(out), hidden
+
+
+class KeywordOutput:
+    """A Hugging Face-like output object (not a dict): `.loss`, `.logits`."""
+
+    def __init__(self, loss, logits):
+        self.loss, self.logits = loss, logits
+
+
+class KeywordClassifier(nn.Module):
+    """A Hugging Face-style keyword-only forward:
+    `model(input_ids=..., attention_mask=..., labels=...)` -> an object with `.logits`."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, classes: int = 3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor = None,
+                labels: torch.Tensor = None) -> KeywordOutput:
+        h = self.emb(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask.unsqueeze(-1)
+        logits = self.head(h.mean(dim=1))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return KeywordOutput(loss, logits)
+
+
+class SeqFirstLSTM(nn.Module):
+    """A sequence-first nn.LSTM over [T, B, F] features -> last hidden state -> Linear."""
+
+    def __init__(self, features: int = 6, hidden: int = 16, classes: int = 4):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x)
+        return self.fc(h[-1])

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 import solver
+from invariants.app.static import primary_input
 from tracer import data as datamod
 from tracer.extension import Extension, SessionView
-from tracer.model_io import model_input
 from tracer.runner import run_script
 from tracer.session import StopRequested, TraceConfig
 
@@ -36,7 +36,8 @@ class ShapesOutcome:
     def text(self) -> str:
         r = self.report
         assert r is not None
-        lines = [f"input   [{', '.join(r.input_names)}]  (example {list(self.input_shape)})",
+        lines = [f"call    {r.call}",
+                 f"input   [{', '.join(r.input_names)}]  (example {list(self.input_shape)})",
                  f"output  [{', '.join(r.output_shape)}]  {r.batch_polymorphic}"]
         if r.label_check is not None:
             lines.append(f"labels  {r.label_check}")
@@ -69,10 +70,11 @@ class ShapeAnalysis(Extension):
         self.probes = probes
         self.outcome: Optional[ShapesOutcome] = None
 
-    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple) -> None:
-        x = model_input(args)
+    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple,
+                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        x = primary_input(args, kwargs)
         classes = _label_classes(session)
-        report = solver.analyse(root, args, label_classes=classes, probes=self.probes)
+        report = solver.analyse(root, args, kwargs, label_classes=classes, probes=self.probes)
         self.outcome = ShapesOutcome(report, tuple(x.shape) if x is not None else (), classes)
         raise StopRequested("static analysis done")
 

@@ -7,13 +7,19 @@ invariant.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 import solver
 from tracer.extension import Extension, SessionView
-from tracer.model_io import model_input
+
+
+def primary_input(args: tuple, kwargs: Optional[Mapping[str, Any]] = None) -> Optional[torch.Tensor]:
+    """The tensor the solver's symbols stand on: the call's first tensor argument, else
+    its first tensor keyword argument (`model(input_ids=...)`)."""
+    return next((x for x in tree_leaves((tuple(args), dict(kwargs or {}))) if isinstance(x, torch.Tensor)), None)
 
 
 class StaticPhase(Extension):
@@ -29,11 +35,12 @@ class StaticPhase(Extension):
         """The model the solver analyses (the root model itself here)."""
         return root
 
-    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple) -> None:
-        x = model_input(args)
+    def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple,
+                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        x = primary_input(args, kwargs)
         if x is None or x.dim() == 0:
             return
-        report = solver.analyse(self.model(root), args)
+        report = solver.analyse(self.model(root), args, kwargs)
         self.report = report
         shape, rec = tuple(int(d) for d in x.shape), session.record
         if not isinstance(report.batch_polymorphic, solver.Unknown):

@@ -10,11 +10,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from solver import Counterexample, Proved, Unknown, analyse, confirm, prepool_stage, rules
+from solver.call import CallSpec
 from solver.symbolic import ConcreteRun, concrete_run, symbolic_run
 from invariants.app.shapes import ShapesOutcome
 from tests.conftest import ROOT
-from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, LSTMClassifier, PositionalAttention, ResNet18,
-                                 SequenceLSTM, TinyEncoder, TinyVGG, mlp)
+from tests.solver_models import (Branchy, CellLoop, FixedStateGRU, HiddenRNN, KeywordClassifier, LSTMClassifier,
+                                 PositionalAttention, ResNet18, SeqFirstLSTM, SequenceLSTM, TinyEncoder, TinyGPT,
+                                 TinyVGG, mlp)
 
 
 def _effnet():
@@ -41,7 +43,7 @@ def test_private_torch_api_contract() -> None:
         assert r.output_shape == ("B", "10"), f"symbolic output {r.output_shape}"
         assert any("fc" == m for _, m in r.guards), "guard attribution to modules"
         assert "H" in r.flops, "symbolic FLOP counting"
-        assert concrete_run(TinyVGG(), [torch.randn(2, 3, 32, 32)], [(1, 3, 32, 32)]).output == (1, 10), \
+        assert concrete_run(TinyVGG(), CallSpec.of([torch.randn(2, 3, 32, 32)]), {0: 1}).output == (1, 10), \
             "a concrete forward on static fake tensors"
     except (ImportError, AttributeError, AssertionError, TypeError) as e:
         pytest.fail(f"torch upgrade broke the symbolic path: {type(e).__name__}: {e}")
@@ -154,9 +156,9 @@ def test_rnn_rule_matches_eager_shapes_and_torch_flops(monkeypatch, kind, batch_
     with torch.no_grad():
         eager = _leaf_shapes(rnn(x))
     assert _leaf_shapes(rules.rnn_forward(rnn.to("meta"), x.to("meta"))) == eager
-    ruled = symbolic_run(rnn, [x], concrete=True)
+    ruled = symbolic_run(rnn, CallSpec.of([x]), concrete=True)
     monkeypatch.setattr(rules, "MODULE_RULES", {})
-    unrolled = symbolic_run(rnn, [x], concrete=True)
+    unrolled = symbolic_run(rnn, CallSpec.of([x]), concrete=True)
     assert int(ruled.flops) == int(unrolled.flops) > 0
 
 
@@ -249,13 +251,90 @@ def test_wrong_output_form_is_confirmed_and_unconfirmable_guards_are_unknown(mon
     assert "output [2*B, 2] is not [B, K] for every B: at B=" in str(poly) and "concrete forward gives [" in str(poly)
     # a concrete forward accepting every size: the guard is an artefact each time, and after
     # MAX_CONFIRMATIONS of them the answer is Unknown naming the guard, never a counterexample
-    monkeypatch.setattr(confirm, "concrete_run", lambda model, inputs, shapes: ConcreteRun(
-        tuple(map(tuple, shapes)), (shapes[0][0], 3)))
+    monkeypatch.setattr(confirm, "concrete_run", lambda model, spec, sizes: ConcreteRun(
+        tuple(spec.shapes(sizes)), (spec.shapes(sizes)[0][0], 3)))
     poly = analyse(FixedStateGRU(), torch.randn(8, 10, 6)).batch_polymorphic
     assert isinstance(poly, Unknown), poly
     assert "guard Eq(B, 8) of module `gru` (GRU)" in poly.reason and "artefacts of the symbolic path" in poly.reason
     # a concrete forward failing even at the example's sizes confirms nothing
-    monkeypatch.setattr(confirm, "concrete_run", lambda model, inputs, shapes: ConcreteRun(
-        tuple(map(tuple, shapes)), None, "RuntimeError: no meta kernel"))
+    monkeypatch.setattr(confirm, "concrete_run", lambda model, spec, sizes: ConcreteRun(
+        tuple(spec.shapes(sizes)), None, "no meta kernel"))
     poly = analyse(FixedStateGRU(), torch.randn(8, 10, 6)).batch_polymorphic
     assert isinstance(poly, Unknown) and "could not confirm it" in poly.reason, poly
+
+
+def test_the_copy_is_called_the_way_the_script_called_the_model() -> None:
+    """A target tied to the input's batch and sequence sizes, a hidden state tied to the
+    batch, keyword-only arguments and a sequence-first RNN: no false counterexample, and
+    every rejection agrees with eager."""
+    gpt = TinyGPT().eval()
+    idx, targets = torch.randint(0, 40, (32, 12)), torch.randint(0, 40, (32, 12))
+    r = analyse(gpt, (idx, targets), probes=[(16,), (17,)])
+    assert r.call == "model(Tensor[32, 12], Tensor[32, 12])"
+    assert isinstance(r.batch_polymorphic, Proved), r.batch_polymorphic
+    assert r.output_shape == ("B", "T", "40") and r.domain_text() == "sequence length 1..16"
+    assert [p.accepted for p in r.probes] == [True, False]
+    with torch.no_grad():
+        gpt(idx[:1], targets[:1])  # B=1 runs, with a target of that batch size
+        with pytest.raises((RuntimeError, IndexError)):
+            gpt(torch.randint(0, 40, (2, 17)), torch.randint(0, 40, (2, 17)))
+
+    rnn = HiddenRNN().eval()
+    r = analyse(rnn, (torch.randint(0, 30, (35, 20)), rnn.init_hidden(20)))
+    assert r.input_names == ("T", "B") and r.output_shape == ("T", "B", "30")
+    assert isinstance(r.batch_polymorphic, Proved) and "dim 1 = B" in str(r.batch_polymorphic)
+
+    kw = KeywordClassifier().eval()
+    r = analyse(kw, (), {"input_ids": torch.randint(0, 50, (8, 10)), "attention_mask": torch.ones(8, 10),
+                         "labels": torch.randint(0, 3, (8,))})
+    assert r.call == "model(input_ids=Tensor[8, 10], attention_mask=Tensor[8, 10], labels=Tensor[8])"
+    assert isinstance(r.batch_polymorphic, Proved) and r.output_shape == ("B", "3")
+
+    r = analyse(SeqFirstLSTM(), torch.randn(40, 32, 6), probes=[(50, 6)])
+    assert r.input_names == ("T", "B", "6") and r.output_shape == ("B", "4")
+    assert isinstance(r.batch_polymorphic, Proved) and r.probes[0].accepted
+
+
+def test_unknown_reasons_are_plain_words_never_a_torch_exception_name() -> None:
+    class DataBranch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) * 2 if (x > 0).sum() == 1 else self.fc(x)
+
+    class NeedsState(torch.nn.Module):
+        def forward(self, x, hidden):
+            return x + hidden
+
+    for model, x in ((DataBranch(), torch.randn(3, 4)), (NeedsState(), torch.randn(3, 4))):
+        poly = analyse(model, x).batch_polymorphic
+        assert isinstance(poly, Unknown), poly
+        assert "GuardOnDataDependentSymNode" not in poly.reason and "TypeError" not in poly.reason
+        assert "Eq(u0" not in poly.reason
+    assert "value computed from the input's data" in str(analyse(DataBranch(), torch.randn(3, 4)).batch_polymorphic)
+    assert "not called with the arguments it needs" in str(analyse(NeedsState(), torch.randn(3, 4)).batch_polymorphic)
+
+
+def test_the_analysis_never_runs_the_users_hooks() -> None:
+    """Global and module hooks the user registered see no forward of the meta copies
+    (symbolic run, concrete confirmations); torch's own hooks (spectral_norm) still run."""
+    calls = []
+    model = TinyVGG()
+    handles = [torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: calls.append("global")),
+               torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: calls.append("global pre")),
+               model.fc.register_forward_hook(lambda m, a, o: calls.append("module")),
+               model.register_forward_pre_hook(lambda m, a: calls.append("root pre"))]
+    try:
+        r = analyse(model, torch.randn(2, 3, 32, 32), probes=[(3, 64, 64), (3, 33, 33)])
+        assert r.probes[0].accepted is False and r.side_max == 35  # concrete forwards ran
+        assert calls == []
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32))
+        assert "global" in calls and "module" in calls and "root pre" in calls  # still registered
+    finally:
+        for h in handles:
+            h.remove()
+    normed = torch.nn.Sequential(torch.nn.utils.spectral_norm(torch.nn.Linear(4, 8)), torch.nn.Linear(8, 2))
+    assert isinstance(analyse(normed, torch.randn(3, 4)).batch_polymorphic, Proved)
