@@ -81,6 +81,11 @@ class Extension:
     def on_output(self, session: "SessionView", root: "nn.Module", output: Any) -> None:
         """At the end of a recorded root call, after the built-in output observations."""
 
+    def on_loss(self, session: "SessionView", name: str, pair: tuple, result: Any) -> None:
+        """After every functional loss (loss modules call them too) the session sees
+        outside its own quiet blocks: `name` (`cross_entropy`, ...), `pair` (input, target),
+        `result`; after the built-in loss observations."""
+
     def on_step(self, session: "SessionView", optimizer: "torch.optim.Optimizer") -> None:
         """After every observed step of the primary optimizer, before the step's flush."""
 
@@ -93,7 +98,7 @@ class Extension:
 
 
 # The events the session dispatches, in no particular order.
-EVENTS = ("attach", "on_first_call", "on_input", "on_module_output", "on_output", "on_step", "on_end")
+EVENTS = ("attach", "on_first_call", "on_input", "on_module_output", "on_output", "on_loss", "on_step", "on_end")
 
 
 def overriding(extensions: "list[Extension]", event: str) -> "list[Extension]":

@@ -119,7 +119,7 @@ class TraceSession:
         s.callback(opt.register_optimizer_step_post_hook(self._post_step).remove)
         optimizer_patches(s, self._roots.optimizer_created, self._optim.zero_grad_called)
         loader_patches(s, self._loader_created, self._loader_pass, self._batch_fetched)
-        loss_patches(s, lambda name, pair, result: self._guard("loss", self._loss, name, pair, result))
+        loss_patches(s, self._on_loss)
         dropout_patches(s, self._dropout_applied)
         relu_patches(s, self._on_relu)
         jit_patches(s)  # last: it suspends every patch above while TorchScript compiles
@@ -298,6 +298,11 @@ class TraceSession:
                         self._detailed(self.step), parent, out)
 
     # -- losses and loaders -----------------------------------------------------------
+    def _on_loss(self, name: str, pair: tuple, result: Any) -> None:
+        self._guard("loss", self._loss, name, pair, result)
+        if not self._quiet:
+            self._notify("on_loss", name, pair, result)
+
     def _loss(self, name: str, pair: tuple, result: Any) -> None:
         if self._in_root or self._roots.root is None:
             return
