@@ -200,9 +200,11 @@ def check(ctx: click.Context, invariants: Any) -> None:
 
 
 def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
-    from invariants import report as rep
-    from invariants.app import workflow
+    from invariants.app import outputs, workflow
     p = ctx.params
     result = workflow.coverage_from_store(result, invariants, p["store_dir"])  # what was not checked, and why
-    write_report(rep.RENDERERS[p["fmt"]](result), p["output"])
+    text, told = outputs.finish(result, invariants, p["fmt"], p["store_dir"], p.get("tensorboard"))
+    for line in told:
+        err(f"invar: {line}")
+    write_report(text, p["output"])
     check_exit(result, to_stderr=p["fmt"] != "text" or bool(p["output"]), crashed="failed")

@@ -21,22 +21,31 @@ DIFF_EXITS = exit_help((Exit.OK, "no differences"), (Exit.VIOLATIONS, "A and B d
 @click.command(epilog=EXPORT_EXITS)
 @click.argument("source")
 @click.option("-o", "--output", default=None, help="Output file [default: stdout].")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "md"]), default=None,
-              help="Output format [default: from the output's extension, else yaml].")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "md", "html"]), default=None,
+              help="Output format [default: from the output's extension, else yaml]; html: the md review "
+                   "document as a page with the reference runs' envelopes (from --store) plotted per block "
+                   "(needs torch-invar[report]).")
 @store_option
 def export(source: str, output: Optional[str], fmt: Optional[str], store_dir: str) -> None:
     """Render an invariant file or stored invariant set (an id or a unique prefix, see
-    `invar sets`) for review (yaml, json, md)."""
+    `invar sets`) for review (yaml, json, md, html)."""
     from invariants import invfile, review
     from invariants.app.workflow import load_invariants
-    invs = load_invariants(source, store_dir)
     if fmt is None:
         ext = Path(output).suffix.lower() if output else ""
-        fmt = {".json": "json", ".md": "md"}.get(ext, "yaml")
-    text = review.render_markdown(invs) if fmt == "md" else invfile.dumps(invs, fmt)
+        fmt = {".json": "json", ".md": "md", ".html": "html", ".htm": "html"}.get(ext, "yaml")
+    if fmt == "html":
+        from invariants.app.html import require_matplotlib
+        require_matplotlib("export --format html")
+    invs = load_invariants(source, store_dir)
+    if fmt == "html":
+        from invariants.app.html.review_page import render_review_page
+        text = render_review_page(invs, store_dir)
+    else:
+        text = review.render_markdown(invs) if fmt == "md" else invfile.dumps(invs, fmt)
     if output:
         try:
-            if fmt == "md":
+            if fmt in ("md", "html"):
                 Path(output).write_text(text, encoding="utf-8")
             else:
                 invfile.dump(invs, output, fmt)

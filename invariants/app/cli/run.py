@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import click
 
+from invariants.app import outputs
 from invariants.app.cli import distributed as ranked
 from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option, check_exit, err, exit_help,
                                        print_crash, run_summary, script_arguments, store_option, trace_config,
@@ -90,20 +91,25 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 @script_arguments
 @click.option("--against", required=True, help="Invariant file (or stored invariant set id or unique prefix).")
 @click.option("--steps", default=None, type=int, help="Optimizer steps to trace [default: the reference's].")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(outputs.FORMATS), default="text", show_default=True,
+              help="Report format; html: one self-contained page with plots of each violated variable against "
+                   "the reference runs (needs torch-invar[report]; docs/report.md).")
 @click.option("-o", "--output", default=None, help="Write the report here instead of stdout.")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="Also write the run's variables (scalars) and violations (text) for TensorBoard to "
+                   "DIR/invar-RUN_ID (needs the tensorboard package).")
 @click.option("--fail-fast", is_flag=True, help="Stop the run at the first violation at or above --fail-on.")
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
 @allow_unchecked_option
 @store_option
 @trace_options(CHECK_SAMPLING, "as many as the reference ran on")
 def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
-          output: Optional[str], fail_fast: bool, fail_on: str, allow_unchecked: bool, store_dir: str,
-          dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
+          output: Optional[str], tensorboard: Optional[str], fail_fast: bool, fail_on: str, allow_unchecked: bool,
+          store_dir: str, dense_steps: int, sample_every: int, block_depth: int,
+          nproc_per_node: Optional[int]) -> None:
     """Check SCRIPT against learned invariants while it runs."""
     check_script(script)
-    from invariants import report as rep
+    outputs.prepare(fmt, tensorboard)  # a missing extra fails now, not after the run
     from invariants.app import workflow
     invs = workflow.load_invariants(against, store_dir)
     if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
@@ -116,5 +122,8 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
         result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
                                 fail_on=fail_on, store_dir=store_dir, config=cfg)
     result.allow_unchecked = allow_unchecked
-    write_report(rep.RENDERERS[fmt](result), output)
+    text, told = outputs.finish(result, invs, fmt, store_dir, tensorboard)
+    for line in told:
+        err(f"invar: {line}")
+    write_report(text, output)
     check_exit(result, to_stderr=fmt != "text" or bool(output))

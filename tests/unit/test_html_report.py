@@ -1,0 +1,248 @@
+"""The HTML report, the review page and the TensorBoard logs, rendered from data: a store
+built in the test (small observation tables, no script runs), invariants mined from it and
+checks evaluated on it."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from invariants import invfile
+from invariants.app.store import Store
+from invariants.check import Checker
+from invariants.explain import explain
+from invariants.mine import mine
+from invariants.model import InvariantSet
+from invariants.report import CheckReport
+from tests.conftest import SCRIPTS
+from tests.unit.test_cli_usage import invar
+from tests.unit.tables import STEPS, reference_run
+
+pytest.importorskip("matplotlib", reason="the HTML report needs the report extra: pip install 'torch-invar[report]'")
+
+from invariants.app import outputs  # noqa: E402
+from invariants.app.html import figures  # noqa: E402
+from invariants.app.html.bounds import Context, bounds  # noqa: E402
+from invariants.app.html.check_page import render_check_page  # noqa: E402
+from invariants.app.html.review_page import render_review_page  # noqa: E402
+from invariants.app.html.traces import Traces, RunSeries  # noqa: E402
+
+PLAIN = str(SCRIPTS / "plain_train.py")
+# Anything a browser would fetch: a URL in an attribute or CSS, a script, an import.
+EXTERNAL = re.compile(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|<script|<link|<img|<iframe|@import|url\((?!#)", re.I)
+GRADIENTS = {"block.fc.grad_norm": lambda s: 1.0 + 0.05 * s}
+
+
+def _store_run(store: Store, label: str, rows: List[Any]) -> str:
+    run = store.new_run(PLAIN, [], label=label)
+    store.add_observations(run, rows)
+    store.finish_run(run, "budget", STEPS)
+    return run
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Tuple[Path, InvariantSet]:
+    """A store with three reference runs and the invariants mined from them."""
+    refs = [reference_run(seed, **GRADIENTS) for seed in range(3)]
+    with Store(tmp_path / "store") as s:
+        ids = [_store_run(s, f"infer {i + 1}/3", rows) for i, rows in enumerate(refs)]
+    invs, _ = mine(refs, {"script": PLAIN, "steps": STEPS, "run_ids": ids})
+    invfile.dump(invs, tmp_path / "inv.yaml")
+    return tmp_path, invs
+
+
+def _check(world: Tuple[Path, InvariantSet], **changes: Any) -> CheckReport:
+    """A checked run with `changes` stored and evaluated, as `invar check` would report it."""
+    root, invs = world
+    rows = reference_run(5, **{**GRADIENTS, **changes})
+    with Store(root / "store") as s:
+        run = _store_run(s, "check", rows)
+    checker = Checker(invs)
+    checker.feed(rows)
+    checker.finish()
+    violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
+    return CheckReport(script="bug.py", against=str(root / "inv.yaml"), run_id=run, run_status="budget",
+                       steps=STEPS, invariants_total=len(invs.invariants), invariants_checked=len(checker.checked),
+                       invariants_disabled=0, violations=violations, causes=explain(violations), seconds=1.0)
+
+
+FROZEN = {"block.fc.trainable_fraction": lambda s: 0.0, "loss.value": lambda s: 2.3}
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start:page.index("</section>", start)]
+
+
+def test_a_failed_check_leads_with_its_root_cause_and_plots_the_violated_variable(world: Any) -> None:
+    r = _check(world, **FROZEN)
+    assert r.verdict == "FAILED"
+    started = time.perf_counter()
+    page = render_check_page(r.to_json(), world[1], str(world[0] / "store"))
+    print(f"check page: {len(page) / 1024:.0f} KiB in {time.perf_counter() - started:.2f} s")
+    cause = r.causes[0]
+    assert cause.family == "frozen"
+    head = page[:page.index("<svg")]  # before the first plot: verdict, root cause, fix, step
+    assert "FAILED" in head and "frozen" in head and "fix:" in head and "found at step 0" in head
+    assert "unfreeze them" in head
+    violations = _section(page, "violations")
+    assert "block.fc.trainable_fraction (train)" in violations  # the plot of the violated variable
+    assert "-envelope-" in violations and "-checked-" in violations  # its reference band and the run
+    assert "violation (first step)" in violations
+    assert "<svg" in _section(page, "blocks") and "<svg" in _section(page, "curves")
+    assert "reference runs plotted: 3 of 3" in page
+
+
+def test_the_page_is_self_contained(world: Any) -> None:
+    page = render_check_page(_check(world, **FROZEN).to_json(), world[1], str(world[0] / "store"))
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "ids clash between inline figures"
+
+
+def test_a_clean_check_says_clean_and_draws_the_curves(world: Any) -> None:
+    r = _check(world)
+    assert r.verdict == "ok"
+    page = render_check_page(r.to_json(), world[1], str(world[0] / "store"))
+    assert '<b>clean</b>' in _section(page, "causes").join(["", page[:page.index('id="causes"')]])
+    curves = _section(page, "curves")
+    assert "loss (train)" in curves and "learning rate" in curves and "-checked-" in curves
+    assert "clean: no invariant violated" in _section(page, "causes")
+
+
+def test_without_the_store_or_the_invariants_the_page_still_renders_and_says_why(world: Any, tmp_path: Path) -> None:
+    doc = _check(world, **FROZEN).to_json()
+    page = render_check_page(doc, world[1], str(tmp_path / "nowhere"))
+    assert "no store at" in page
+    assert "block.fc.trainable_fraction (train)" in _section(page, "violations")  # bounds and span still drawn
+    bare = render_check_page(doc, None, str(world[0] / "store"), notes=["the invariant set could not be loaded"])
+    assert "could not be loaded" in bare and "without the invariant set, plots show no bound" in bare
+    assert "frozen" in bare[:bare.index("<svg")]
+
+
+@pytest.mark.parametrize("template, expect, ctx, want", [
+    ("range", {"min": 1.0, "max": None}, Context([]), [1.0]),
+    ("magnitude", {"min": 0.1, "max": 10.0}, Context([]), [0.1, 10.0]),
+    ("all_none", {"quantifier": "all"}, Context([]), [1.0]),
+    ("constant", {"value": "3x8x8"}, Context([]), []),
+    ("one_of", {"values": [16.0, 32.0]}, Context([]), [16.0, 32.0]),
+    ("disjoint", {}, Context([]), [0.0]),
+    ("progress", {"min": 0.1, "max": 0.5}, Context([(0, 2.0), (1, 2.0), (2, 2.0), (3, 1.0)]), [0.2, 1.0]),
+    ("trend", {"direction": "decreasing", "min_change": 0.25}, Context([(0, 4.0), (1, 4.0), (2, 4.0)]), [3.0]),
+    ("schedule", {"points": [[0, 0.1, 0.2], [5, 0.01, 0.02]], "factor": 2.0}, Context([]),
+     [[(0, 0.05), (5, 0.005)], [(0, 0.4), (5, 0.04)]]),
+    ("ceiling", {"points": [[0, 0.1]], "factor": 3.0}, Context([]), [[(0, 0.30000000000000004)]]),
+    ("ratio", {"min": 1.0, "max": 2.0}, Context([(0, 5.0)], [(0, 10.0)]), [[(0, 10.0)], [(0, 20.0)]]),
+    ("equal", {"offset": 1.0, "tolerance": 0.5}, Context([(0, 5.0)], [(0, 3.0)]), [[(0, 3.5)], [(0, 4.5)]]),
+])
+def test_bound_lines_per_template(template: str, expect: Dict[str, Any], ctx: Context, want: List[Any]) -> None:
+    got = bounds(template, expect, ctx)
+    assert got is not None
+    assert [b.value if b.value is not None else list(b.points) for b in got] == want
+
+
+def test_a_template_without_a_rule_draws_no_bound_and_a_broken_expect_no_line() -> None:
+    assert bounds("nosuch", {}, Context([])) is None
+    assert bounds("schedule", {"points": "garbage", "factor": None}, Context([])) == []
+
+
+def test_the_block_panel_scales_to_200_blocks() -> None:
+    names = [f"encoder.layers.{i}.mlp" for i in range(200)]
+    rows = [figures.BlockRow(n, {"trainable_fraction": (1.0, 1.0), "grad_norm": (0.5 + i / 400, 0.9 + i / 400)},
+                             {"trainable_fraction": 0.0 if i == 7 else 1.0, "grad_norm": 0.7, "update_ratio": None},
+                             flagged=i == 7) for i, n in enumerate(names)]
+    started = time.perf_counter()
+    svg = figures.to_svg(figures.blocks_figure(rows, (("trainable_fraction", "trainable"), ("grad_norm", "grad"),
+                                                      ("update_ratio", "update"))), "b")
+    print(f"200-block panel: {len(svg) / 1024:.0f} KiB in {time.perf_counter() - started:.2f} s")
+    assert all(f">{n}<" in svg for n in names)  # every block is named (text, not glyph paths)
+    assert len(svg) < 1_000_000
+
+
+def test_review_page_plots_reference_envelopes_per_block(world: Any, tmp_path: Path) -> None:
+    root, invs = world
+    page = render_review_page(invs, str(root / "store"))
+    assert "Block fc" in page and "block.fc.grad_norm (train)" in page and "-envelope-" in page
+    assert not EXTERNAL.search(page)
+    bare = render_review_page(invs, str(tmp_path / "nowhere"))
+    assert "no store at" in bare and "block.fc.grad_norm (train)" in bare  # the fitted span instead
+
+
+def test_a_kept_report_renders_again_by_run_id_and_from_its_json(world: Any, capsys: Any, tmp_path: Path) -> None:
+    root, invs = world
+    r = _check(world, **FROZEN)
+    store = str(root / "store")
+    assert outputs.keep(store, r.to_json(), invs) == []
+    (root / "inv.yaml").unlink()  # the file may be gone: the store kept the invariants
+    code, _, err = invar(capsys, "report", r.run_id[:17], "--store", store, "-o", str(tmp_path / "a.html"))
+    assert code == 0, err
+    page = (tmp_path / "a.html").read_text()
+    assert "frozen" in page and "bound: expected == 1 (all)" in page
+    code, out, _ = invar(capsys, "report", r.run_id, "--store", store, "--format", "json")
+    assert code == 0 and json.loads(out)["summary"]["verdict"] == "FAILED"
+    (tmp_path / "r.json").write_text(out)
+    code, _, err = invar(capsys, "report", str(tmp_path / "r.json"), "--store", store, "-o", str(tmp_path / "b.html"))
+    assert code == 0 and "could not be loaded" in (tmp_path / "b.html").read_text()  # against was deleted
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["report", "nosuch"], "no run 'nosuch'"),
+    (["report", "{json}"], "not a check report"),
+    (["report", "{yaml}"], "is not JSON"),
+    (["report", "{ref}"], "holds no check report"),
+    (["report", "{good}", "--against", "missing.yaml"], "no such file or invariant set"),
+])
+def test_report_refuses_what_it_cannot_render_with_exit_2(world: Any, capsys: Any, tmp_path: Path,
+                                                          argv: List[str], fragment: str) -> None:
+    root, invs = world
+    (tmp_path / "x.json").write_text('{"summary": 1}')
+    (tmp_path / "good.json").write_text('{"summary": {}, "violations": []}')
+    subs = {"{json}": str(tmp_path / "x.json"), "{good}": str(tmp_path / "good.json"), "{yaml}": str(root / "inv.yaml"),
+            "{ref}": invs.meta["run_ids"][0]}
+    code, _, err = invar(capsys, *[subs.get(a, a) for a in argv], "--store", str(root / "store"))
+    assert code == 2 and fragment in err, err
+
+
+def test_html_without_matplotlib_exits_2_before_anything_runs(world: Any, capsys: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    root, _ = world
+    for argv in (["check", PLAIN, "--against", str(root / "inv.yaml"), "--format", "html"],
+                 ["export", str(root / "inv.yaml"), "-o", str(root / "review.html")],
+                 ["report", "anything"]):
+        code, _, err = invar(capsys, *argv, "--store", str(root / "store"))
+        assert code == 2 and "pip install 'torch-invar[report]'" in err, (argv, err)
+    assert not (root / "review.html").exists()
+
+
+def test_tensorboard_gets_the_runs_variables_and_violations(world: Any, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from invariants.app.tensorboard_log import write_run
+    r = _check(world, **FROZEN)
+    folder = write_run(str(tmp_path / "tb"), r.to_json(), str(world[0] / "store"))
+    events = EventAccumulator(folder, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    loss = events.Scalars("train/loss.value")
+    assert [e.step for e in loss] == list(range(STEPS)) and loss[0].value == pytest.approx(2.3)
+    tags = events.Tags()["tensors"]  # text summaries are stored as tensors
+    assert "invar/violations/text_summary" in tags and "invar/verdict/text_summary" in tags
+    verdict = events.Tensors("invar/verdict/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "FAILED" in verdict and "frozen" in verdict and "unfreeze" in verdict
+
+
+def test_run_series_keeps_every_value_of_a_step_and_averages_them() -> None:
+    s = RunSeries.of("r", [(3, "eval", "loss.value", 1.0, None), (3, "eval", "loss.value", 3.0, None),
+                           (0, "train", "input.shape", None, "3x8x8")])
+    assert s.points("eval", "loss.value") == [(3, 2.0)] and len(s.raw("eval", "loss.value")) == 2
+    t = Traces(references=[s, RunSeries.of("q", [(3, "eval", "loss.value", 5.0, None)])])
+    env = t.envelope("eval", "loss.value")
+    assert env is not None and (env.low, env.high, env.runs) == ((1.0,), (5.0,), 2)
+    assert t.envelope("train", "loss.value") is None
