@@ -48,6 +48,7 @@ class _Miner:
         self.out: Dict[str, Invariant] = {}
         self.discarded: List[Tuple[str, str]] = []
         self.suppressed = 0
+        self._contrast: Dict[Tuple[str, str], bool] = {}
 
     def emit(self, name: str, target: Tuple[str, ...], phase: str, result: Union[Fit, Discard],
              severity: str, window_end: Optional[int], what: str, first: Optional[int] = None) -> None:
@@ -65,6 +66,14 @@ class _Miner:
                 f"{result.observations} observations); expected: {cls.expected(result.expect)}.",
             locus=block_of(target[0]))
 
+    def contrast(self, family: str, phase: str) -> bool:
+        """Whether the reference's variables of this family take more than one value."""
+        if (family, phase) not in self._contrast:
+            values = {round(float(v), 9) for (ph, var), s in self.series.items()
+                      if ph == phase and kind_of(var, ph).family == family for v in s.values if isinstance(v, float)}
+            self._contrast[(family, phase)] = len(values) > 1
+        return self._contrast[(family, phase)]
+
     def floor(self, s: Series) -> float:
         """The variable's own spread floor (policy.spread_floor)."""
         companion = self.series.get((s.phase, s.variable.rsplit(".", 1)[0] + ".std"))
@@ -76,6 +85,10 @@ class _Miner:
         target, phase = (s.variable,), s.phase
         if k.kind == "skip":
             self.discarded.append((make_id("*", target, phase), "not mined: recorded for reports only"))
+            return
+        if k.family in policy.CONTRAST_FAMILIES and not self.contrast(k.family, s.phase):
+            self.discarded.append((make_id("*", target, phase), "not mined: every block has the same value "
+                                                                "(a global setting: see optim.*)"))
             return
         once, state = once_per_run(s.variable), dynamics(s.variable, s.phase)
         sample = Sample((s,), self.n_runs, once=once)

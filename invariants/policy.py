@@ -163,6 +163,12 @@ CANDIDATES: Dict[str, Tuple[Candidate, ...]] = {
 }
 
 
+# Families mined per block only where the reference's blocks differ in them: when every
+# block has the same value it is a global setting (an optimizer's default weight decay),
+# whose change is configuration (optim.*), not a block moving between groups.
+CONTRAST_FAMILIES = frozenset({"weight_decay"})
+
+
 def window_end(candidate: Candidate, severity: str, once: bool, dynamics: bool, last_step: int) -> Optional[int]:
     """The last step of a mined invariant's window (None: open). A value of the training
     dynamics holds only where the reference observed it: never extrapolated past it."""

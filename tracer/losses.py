@@ -7,13 +7,13 @@ loss (a model may have several); in evaluation, every one.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Set
+from typing import Any, Optional, Set
 
 import torch
 
 from tracer import stats
 from tracer.patches import CLASSIFICATION_LOSSES
-from tracer.pending import Pending, Row, row
+from tracer.pending import Pending, row
 
 MIN_LABELS_SEEN = 256  # training labels seen before the largest one stands for the class count
 
@@ -22,7 +22,9 @@ class LossObserver:
     """Loss values and shapes, class scores and labels; the largest training label so far."""
 
     def __init__(self) -> None:
-        self._label_max, self._labels_counted = -1.0, 0
+        # the largest training label so far, kept on the labels' device (read at a flush)
+        self._label_max: Optional[torch.Tensor] = None
+        self._labels_counted = 0
         self._train_seen: Set[str] = set()  # "loss", "cls": recorded in this training step
 
     def next_step(self) -> None:
@@ -67,18 +69,28 @@ class LossObserver:
         if phase != "train":
             return
         n = target.numel()
-        p.tensor(st[1][1:2], lambda v, step=step: self._classes_seen(step, v[0], n))
+        self._count(st[1][1], n)
+        if self._label_max is not None and self._labels_counted >= MIN_LABELS_SEEN:
+            p.tensor(self._label_max.reshape(1),
+                     lambda v, step=step: [row(step, "train", "label.classes_seen", v[0] + 1)])
         k = train_classes
         if k is not None and k > 1:
             # distinct labels of the batch over what a shuffled batch would hold
             expected = k * (1 - (1 - 1 / k) ** n)
             p.tensor(st[1][2:3], lambda v, step=step: [row(step, "train", "label.mix", v[0] / expected)])
 
-    def _classes_seen(self, step: int, label_max: float, n: int) -> List[Row]:
-        # Built when the step's values arrive, in order: the largest label so far, once
-        # enough labels were seen that the largest class has almost surely shown up.
-        self._label_max = max(self._label_max, label_max)
+    def count_labels(self, name: str, pair: tuple, result: Any) -> None:
+        """A loss of a training step nobody observes: only its labels are counted (one
+        reduction on their device, no transfer), so the class count does not depend on how
+        densely the run is sampled."""
+        target = pair[1]
+        if (name in CLASSIFICATION_LOSSES and isinstance(result, torch.Tensor) and result.requires_grad
+                and isinstance(target, torch.Tensor) and not target.is_floating_point() and target.numel()):
+            with torch.no_grad():
+                self._count(target.detach().max().float(), target.numel())
+
+    def _count(self, top: torch.Tensor, n: int) -> None:
+        # the largest label so far stands for the class count once MIN_LABELS_SEEN were seen
+        # (by then the largest class has almost surely shown up)
+        self._label_max = top if self._label_max is None else torch.maximum(self._label_max, top)
         self._labels_counted += n
-        if self._labels_counted < MIN_LABELS_SEEN:
-            return []
-        return [row(step, "train", "label.classes_seen", self._label_max + 1)]

@@ -4,7 +4,7 @@ hyperparameters, learning-rate decay and `zero_grad()` calls (docs/observations.
 `block.*` and `optim.*`)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,12 +32,15 @@ class ParameterObserver:
             self._cache = (key, block_map(root, self.depth))
         return self._cache[1]
 
-    def before_step(self, p: Pending, step: int, root: nn.Module, held: Set[int], snapshot: bool) -> None:
-        """Block structure and gradients; with `snapshot`, copies the parameters the
-        optimizer is about to update (for the update ratio)."""
+    def before_step(self, p: Pending, step: int, root: nn.Module, held: Mapping[int, Tuple[float, float]],
+                    snapshot: bool) -> None:
+        """Block structure, optimizer settings per block and gradients; `held` maps every
+        parameter an optimizer holds to its group's (weight decay, learning rate). With
+        `snapshot`, copies the parameters the optimizer is about to update (update ratio)."""
         bm = self.blocks(root)
         grads: List[torch.Tensor] = []
         layout: Layout = []
+        lr_max = max((lr for _, lr in held.values()), default=0.0)
         for block in bm.names:
             params = bm.params[block]
             trainable = [(n, q) for n, q in params if q.requires_grad]
@@ -47,8 +50,16 @@ class ParameterObserver:
             p.value(step, "train", prefix + "trainable_fraction", n_train / total if total else 0.0)
             if not n_train:
                 continue
-            p.value(step, "train", prefix + "in_optimizer_fraction",
-                    sum(q.numel() for _, q in trainable if id(q) in held) / n_train)
+            in_optimizer = [(q.numel(), held[id(q)]) for _, q in trainable if id(q) in held]
+            n_held = sum(n for n, _ in in_optimizer)
+            p.value(step, "train", prefix + "in_optimizer_fraction", n_held / n_train)
+            if n_held:
+                # which share of the block is weight-decayed, and its rate against the largest
+                decayed = sum(n for n, (wd, _) in in_optimizer if wd > 0)
+                p.value(step, "train", prefix + "decay_fraction", decayed / n_held)
+                if lr_max > 0:
+                    rate = sum(n * lr for n, (_, lr) in in_optimizer) / n_held
+                    p.value(step, "train", prefix + "lr_scale", rate / lr_max)
             entries = []
             for _, q in trainable:
                 if q.grad is None:
@@ -158,3 +169,23 @@ def _grad_rows(step: int, layout: Layout, norms: List[float]) -> List[Row]:
         rows.append(row(step, "train", prefix + "no_grad_fraction", missing / total if total else 0.0))
         rows.append(row(step, "train", prefix + "grad_norm", sq ** 0.5))
     return rows
+
+
+class ClipObserver:
+    """Gradient clipping (`clip_grad_norm_`) at observed steps: the max_norm asked for and
+    the factor the gradients were scaled by (1: untouched); the step's first call only."""
+
+    def __init__(self) -> None:
+        self._seen_step: Optional[int] = None
+
+    def on_clip(self, p: Pending, step: int, max_norm: Any, total_norm: Any) -> None:
+        if self._seen_step == step or not isinstance(total_norm, torch.Tensor):
+            return
+        if isinstance(max_norm, torch.Tensor) and max_norm.numel() == 1:
+            max_norm = float(max_norm)
+        if not isinstance(max_norm, (int, float)) or isinstance(max_norm, bool):
+            return
+        self._seen_step = step
+        p.value(step, "train", "clip.max_norm", float(max_norm))
+        scale = (float(max_norm) / (total_norm.detach().float() + 1e-6)).clamp(max=1.0)
+        p.tensor(scale, lambda v: [row(step, "train", "clip.scale", v[0])])

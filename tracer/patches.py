@@ -198,3 +198,24 @@ def relu_patches(stack: contextlib.ExitStack, on_relu: Callable[[Any], None]) ->
             return relu
 
         stack.enter_context(patched(owner, name, make))
+
+
+# Gradient clipping by norm: the public name and the module it lives in (scripts call either).
+CLIP_FUNCTIONS = ((torch.nn.utils, "clip_grad_norm_"), (torch.nn.utils.clip_grad, "clip_grad_norm_"))
+
+
+def clip_patches(stack: contextlib.ExitStack, on_clip: Callable[[Any, Any], None]) -> None:
+    """Wraps `clip_grad_norm_`; `on_clip(max_norm, total_norm)` sees each call's max_norm
+    and the total norm it returned (the norm before clipping)."""
+    for owner, name in CLIP_FUNCTIONS:
+        if not hasattr(owner, name):
+            continue
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+                total = original(*args, **kwargs)
+                on_clip(args[1] if len(args) > 1 else kwargs.get("max_norm"), total)
+                return total
+            return clip_grad_norm_
+
+        stack.enter_context(patched(owner, name, make))

@@ -7,7 +7,7 @@ run's steps). Everything is held weakly: the tracer keeps nothing of the user's 
 from __future__ import annotations
 
 import weakref
-from typing import Dict, Optional, Set
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,11 @@ class RootTracker:
         """ids of every parameter an optimizer holds."""
         return {id(p) for o in self._optimizers for g in o.param_groups for p in g["params"]}
 
+    def param_groups(self) -> Dict[int, Tuple[float, float]]:
+        """id of every parameter an optimizer holds -> its group's (weight decay, learning rate)."""
+        return {id(p): (_number(g.get("weight_decay")), _number(g.get("lr")))
+                for o in self._optimizers for g in o.param_groups for p in g["params"]}
+
     @property
     def root(self) -> Optional[nn.Module]:
         return self._root() if self._root is not None else None
@@ -64,3 +69,10 @@ class RootTracker:
     def known_prefix(self, module: nn.Module) -> str:
         """The module's name as last read ("" for the root or a module not known yet)."""
         return self._names.get(id(module), "")
+
+
+def _number(v: object) -> float:
+    """A hyperparameter as a float (a 0-d tensor learning rate too; 0 when absent)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0

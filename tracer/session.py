@@ -31,8 +31,9 @@ from tracer.extension import EVENTS, Extension, overriding
 from tracer.loaders import LoaderObserver
 from tracer.losses import LossObserver
 from tracer.model_io import ModelIO
-from tracer.params import OptimizerObserver, ParameterObserver
-from tracer.patches import (dropout_patches, jit_patches, loader_patches, loss_patches, optimizer_patches,
+from tracer.params import ClipObserver, OptimizerObserver, ParameterObserver
+from tracer.patches import (clip_patches, dropout_patches, jit_patches, loader_patches, loss_patches,
+                            optimizer_patches,
                             relu_patches)
 from tracer.pending import Pending, Row
 from tracer.phase import PhaseMachine, RootCall
@@ -95,6 +96,7 @@ class TraceSession:
         self._activations = ActivationObserver(config.activations, self._roots.known_prefix)
         self._params = ParameterObserver(config.block_depth)
         self._optim = OptimizerObserver()
+        self._clip = ClipObserver()
         self._cost = StepCost()
         # Dispatch state of the module hooks: nesting depth, whether the root's forward is
         # running and which of its modules, and the root call being recorded.
@@ -122,6 +124,7 @@ class TraceSession:
         loss_patches(s, self._on_loss)
         dropout_patches(s, self._dropout_applied)
         relu_patches(s, self._on_relu)
+        clip_patches(s, self._on_clip)
         jit_patches(s)  # last: it suspends every patch above while TorchScript compiles
         self._stack = s
         return self
@@ -308,8 +311,14 @@ class TraceSession:
             return
         call = self._phase_machine.current  # a loss belongs to the root call before it
         if call.phase == "train" and not self.observed(self.step):
+            # an unobserved training step still counts its labels (the class count needs many)
+            self._losses.count_labels(name, pair, result)
             return
         self._losses.on_loss(call.out, self.step, call.phase, name, pair, result, self._loaders.train_classes)
+
+    def _on_clip(self, max_norm: Any, total_norm: Any) -> None:
+        if not self._quiet and self._roots.root is not None and self.observed(self.step):
+            self._guard("clip", self._clip.on_clip, self._pending, self.step, max_norm, total_norm)
 
     def _loader_created(self, loader: DataLoader) -> None:
         self._guard("loader", self._loaders.created, loader)
@@ -348,7 +357,7 @@ class TraceSession:
         self._optim.record_zero_grads(p, step)
         root = self._roots.root
         if root is not None:
-            self._guard("blocks", self._params.before_step, p, step, root, self._roots.held_param_ids(),
+            self._guard("blocks", self._params.before_step, p, step, root, self._roots.param_groups(),
                         self._detailed(step))
         self._guard("optimizer", self._optim.before_step, p, step, optimizer)
         self._guard("loader", self._loaders.on_train_step, p, step)
