@@ -416,11 +416,45 @@ def trains_in_eval_mode(bug: Run, ref: Run, at_least: float) -> Finding:
 
 
 @measure("final_lr_ratio")
-def final_lr_ratio(bug: Run, ref: Run, at_most: float) -> Finding:
+def final_lr_ratio(bug: Run, ref: Run, at_most: float = math.inf, at_least: float = 0.0) -> Finding:
     """Learning rate of the last optimizer step, bug over reference."""
     b, r = bug.probe.steps[-1].lr_max, ref.probe.steps[-1].lr_max
-    return Finding("final_lr_ratio", b <= at_most * r,
+    return Finding("final_lr_ratio", at_least * r <= b <= at_most * r,
                    f"last learning rate {b:.3g} vs {r:.3g} in the reference (x{b / r:.2g})", b / r)
+
+
+@measure("mean_lr_ratio")
+def mean_lr_ratio(bug: Run, ref: Run, at_most: float, steps: int = 30) -> Finding:
+    """Mean learning rate over the first `steps` optimizer steps, bug over reference."""
+    b = statistics.fmean(s.lr_max for s in bug.probe.steps[:steps])
+    r = statistics.fmean(s.lr_max for s in ref.probe.steps[:steps])
+    return Finding("mean_lr_ratio", b <= at_most * r,
+                   f"mean learning rate over the first {steps} steps {b:.3g} vs {r:.3g} in the reference "
+                   f"(x{b / r:.2g})", b / r)
+
+
+@measure("grad_norm_ratio")
+def grad_norm_ratio(bug: Run, ref: Run, at_most: float) -> Finding:
+    """Median gradient norm the optimizer stepped with (after any clipping), bug over reference."""
+    b = statistics.median(s.grad_norm for s in bug.probe.steps)
+    r = statistics.median(s.grad_norm for s in ref.probe.steps)
+    return Finding("grad_norm_ratio", b <= at_most * r,
+                   f"median gradient norm at the optimizer {b:.3g} vs {r:.3g} in the reference (x{b / r:.2g})",
+                   b / r)
+
+
+def _decayed_fraction(run: Run, pattern: str) -> float:
+    decayed = {id(p) for o in run.probe.optimizers for g in o.param_groups if g.get("weight_decay", 0) > 0
+               for p in g["params"]}
+    return _weighted((p, id(p) in decayed) for _, p in _matching(run, pattern))
+
+
+@measure("decayed")
+def decayed(bug: Run, ref: Run, params: str, at_least: float) -> Finding:
+    """Fraction of the parameters matching `params` that an optimizer group with weight decay holds."""
+    b, r = _decayed_fraction(bug, params), _decayed_fraction(ref, params)
+    return Finding("decayed", b >= at_least and r < at_least,
+                   f"{_pct(b)} of /{params}/ weight-decayed (reference {_pct(r)})", b, r)
 
 
 def _labels_per_batch(run: Run) -> float:
