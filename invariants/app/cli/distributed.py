@@ -203,6 +203,7 @@ def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
     from invariants.app import outputs, workflow
     p = ctx.params
     result = workflow.coverage_from_store(result, invariants, p["store_dir"])  # what was not checked, and why
+    result.allow_unchecked = bool(p.get("allow_unchecked"))
     text, told = outputs.finish(result, invariants, p["fmt"], p["store_dir"], p.get("tensorboard"))
     for line in told:
         err(f"invar: {line}")
