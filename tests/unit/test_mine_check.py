@@ -127,3 +127,21 @@ def test_a_drift_that_explains_a_failed_consequence_becomes_its_root_cause_and_a
     own = [v for v in root.violations if v.family == "learning_rate"]
     assert own and all(v.severity == "error" and v.escalated_by == "progress:loss.value@train" for v in own)
     assert "an error because it explains loss trend" in root.summary
+
+
+def test_weight_decay_is_structure_only_where_the_reference_exempts_some_blocks() -> None:
+    def run(seed: int, decay: dict) -> List[Observation]:
+        return [Observation(s, "train", f"block.{b}.decay_fraction", v, None) for s in range(8)
+                for b, v in decay.items()] + reference_run(seed)
+
+    # a no-decay group for the norm: which blocks decay is the recipe's structure
+    mixed = mine([run(seed, {"fc": 0.99, "norm": 0.0}) for seed in range(3)])[0]
+    ids = {i.id for i in mixed.invariants}
+    assert {"constant:block.fc.decay_fraction@train", "all_none:block.norm.decay_fraction@train"} <= ids
+    checker = Checker(mixed)
+    checker.feed(run(1, {"fc": 1.0, "norm": 1.0}))  # everything decayed
+    assert checker.violations["all_none:block.norm.decay_fraction@train"].family == "weight_decay"
+    # the same decay everywhere (or none): an optimizer-wide setting, not mined per block
+    uniform, result = mine([run(seed, {"fc": 0.0, "norm": 0.0}) for seed in range(3)])
+    assert not any("decay_fraction" in i.id for i in uniform.invariants)
+    assert dict(result.discarded)["*:block.norm.decay_fraction@train"].startswith("not mined: every block")
