@@ -26,10 +26,12 @@ DECADE = 10.0          # a magnitude bound: a factor of ten beyond the observed 
 # reached has collapsed (a scheduler stepped per batch, a decay applied every step).
 LR_COLLAPSE = 100.0
 # The learning rate at a step may differ this much from the reference's at that step before
-# it is reported (a warning: a new schedule is a configuration change).
+# it is reported: below, a warning (a new schedule is a configuration change, judged by its
+# consequences); above, an error (a rate the reference never trained with at that point).
 SCHEDULE_FACTOR = 3.0
-# A loss trend: every reference run fell by more than this over the window, and a checked run
-# must fall by at least this fraction of the smallest reference fall.
+# Learning progress: the reference runs all fell by more than this over the window (and
+# beyond their noise), and a checked run must fall by at least this fraction of the
+# smallest reference fall (in log terms).
 TREND_MIN_FALL = 0.05
 TREND_KEEP = 1 / 3
 TREND_EDGE = 3         # observations averaged at each end of the window
