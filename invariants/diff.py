@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Tuple
 
 from invariants.model import Invariant, InvariantSet
+from invariants.variables import block_of
 
 Change = Dict[str, Tuple[Any, Any]]
+GRAPH_TEMPLATE = "multiset"  # the graph facts' template (invariants/templates/graph.py)
 CHECKED_FIELDS = ("template", "target", "when.phase", "when.steps", "severity", "status", "locus")
 EVIDENCE_FIELDS = ("support.runs", "support.observations", "support.span", "why")
 _MISSING = "<absent>"
@@ -102,6 +104,25 @@ def _change_lines(changes: List[Tuple[str, Change]], mark: str) -> List[str]:
     return out
 
 
+def _fact(variable: str) -> str:
+    """`layer2.0 ops`, `head` (a model-level fact): which graph fact a variable is."""
+    block = block_of(variable)
+    return f"{block} {variable.rsplit('.', 1)[-1]}" if block else variable.partition(".")[2]
+
+
+def graph_lines(d: SetDiff) -> List[str]:
+    """The structural diff between two files' graph facts (template `multiset`): per fact,
+    the items added and removed; facts only one file has (a new block) as a whole."""
+    from invariants.templates.graph import changes  # the template owns its items' format
+    out = [f"  - {_fact(i.target[0])}: {i.expect['value']}" for i in d.removed if i.template == GRAPH_TEMPLATE]
+    out += [f"  + {_fact(i.target[0])}: {i.expect['value']}" for i in d.added if i.template == GRAPH_TEMPLATE]
+    for iid, fields in d.changed:
+        if iid.startswith(GRAPH_TEMPLATE + ":") and "expect.value" in fields:
+            variable = iid.partition(":")[2].rpartition("@")[0]
+            out.append(f"  ~ {_fact(variable)}: {'; '.join(changes(*fields['expect.value']))}")
+    return out
+
+
 def render_diff(d: SetDiff) -> str:
     """Text for people: a one-line summary, then added (+), removed (-), changed (~) and,
     separately, evidence-only changes and meta. "no differences" when nothing checked
@@ -115,6 +136,9 @@ def render_diff(d: SetDiff) -> str:
         lines += [f"+ {_describe(i)}" for i in d.added]
         lines += [f"- {_describe(i)}" for i in d.removed]
         lines += _change_lines(d.changed, "~")
+    graph = graph_lines(d)
+    if graph:
+        lines += ["", "graph (the model's structure, as the two files' graph facts describe it):"] + graph
     if d.evidence:
         lines += ["", f"evidence only (not checked) changed for {len(d.evidence)} invariant(s):"]
         lines += _change_lines(d.evidence, " ")

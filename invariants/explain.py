@@ -83,11 +83,13 @@ HINTS = {
                  "evaluating and model.train() before training steps (also after an evaluation "
                  "inside the training loop)",
     "loss_broadcast": "loss inputs broadcast to a larger shape: squeeze the output or reshape the target",
-    "output_scale": "the model's output scale changed: look at what runs before the output",
+    "output_scale": "the model's output scale changed: look at what runs before the output (a softmax or "
+                    "sigmoid before a loss that expects logits)",
     "loss_trend": "the loss does not progress as in the reference runs: check that the labels belong to "
                   "the inputs, the learning rate and the loss (a loss that falls far faster than the "
                   "reference's points at targets leaking into the inputs)",
-    "architecture": "the model's parameter counts changed: re-infer if the architecture change is intended",
+    "architecture": "the model's structure changed (parameter counts, or the ops of a block's graph: see the "
+                    "structural diff): re-infer if the architecture change is intended",
     "cost": "the step cost is far above the reference: check input size and batch size",
     "gradients": "gradient norms differ from the reference",
     "updates": "parameter updates differ from the reference: a learning rate, clipping or optimizer "

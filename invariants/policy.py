@@ -158,6 +158,8 @@ CANDIDATES: Dict[str, Tuple[Candidate, ...]] = {
     # bound far below anything the reference reached
     "decay": (Candidate("range", dict(_SCALE, lower_only=True), severity="warning", window=TRACED),
               Candidate("magnitude", dict(below=LR_COLLAPSE, top=1.0), severity="error", window=TRACED)),
+    # a graph fact: the same items (op kinds, modules) as in every reference run
+    "graph": (Candidate("multiset"),),
     # the loss: learning progress over the window (a consequence envelope), and its scale
     "trend": (Candidate("progress", dict(min_fall=TREND_MIN_FALL, keep=TREND_KEEP, leak=LEAK_FACTOR,
                                          sampling=CHECK_SAMPLING), severity="error", window=TRACED),

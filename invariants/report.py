@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from xml.sax.saxutils import escape, quoteattr
 
+from invariants import structure
 from invariants.check import Violation
 from invariants.coverage import REASONS, Unchecked, Unobserved, unobserved
 
@@ -148,6 +149,7 @@ class CheckReport:
             "unobserved": [u.to_json() for u in self.unobserved],
             "margins": {k: round(v, 4) for k, v in sorted(self.margins.items())},
             "static": self.static,
+            "structural_diff": structure.to_json(self.violations),
             "notes": self.notes,
         }
 
@@ -185,6 +187,9 @@ def render_text(r: CheckReport) -> str:
             if len(c.violations) > 1:
                 out.append(f"     explains {len(c.violations)} violations: "
                            + ", ".join(sorted({v.family for v in c.violations})))
+        diff = structure.render_lines(r.violations)
+        if diff:  # what changed in the model, next to what changed in training
+            out += [""] + diff
         out.append("")
         out.append("Evidence")
         for c in r.causes:

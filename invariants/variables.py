@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 #   trend     - loss: must fall over the first steps (plus a log-range)
 #   decay     - fraction of a peak (learning rate): log lower bound (warning), and an error
 #               bound far below anything the reference reached
+#   graph     - a graph fact (items: op kinds, modules): the same multiset (docs/graph.md)
 #   skip      - recorded for people, not mined
 
 
@@ -93,6 +94,15 @@ _RULES: Tuple[Tuple[str, Optional[str], Kind], ...] = (
     (r"step\.time", None, Kind("scale", "cost", "warning")),
     (r"step\.peak_mem", None, Kind("skip", "cost", "warning")),
     (r"tracer\..+", None, Kind("skip", "tracer", "warning")),
+    # The model's graph at its first call (tracer/graph_facts.py, docs/graph.md): a block's
+    # ops are its structure; a path cut off from the output or a new gradient-blocking op is
+    # a missing gradient known before the first backward; a normaliser before a loss that
+    # normalises itself changes the output's scale. Which blocks exist and the ops before
+    # the loss are a warning: a deliberate architecture change reads as its diff.
+    (r"graph\.block\..+\.ops", None, Kind("graph", "architecture", "error")),
+    (r"graph\.block\..+\.(blocking|cut_off)", None, Kind("graph", "no_gradient", "error")),
+    (r"graph\.loss_head", None, Kind("graph", "output_scale", "error")),
+    (r"graph\.(blocks|head)", None, Kind("graph", "architecture", "warning")),
     # The static phase (solver/), computed at the root model's first call:
     (r"static\.output_polymorphic", None, Kind("structure", "output_width", "error")),
     (r"static\.prepool_map", None, Kind("category", "input_size", "error")),
@@ -144,7 +154,7 @@ def dynamics(variable: str, phase: Optional[str] = None) -> bool:
 def once_per_run(variable: str) -> bool:
     """Facts the tracer records once per run (dataset statistics read at the start, the
     static phase's answers): their support is counted in runs, not observations."""
-    return variable.startswith(("data.", "static."))
+    return variable.startswith(("data.", "static.", "graph."))
 
 
 def read_phase(variable: str, phase: str) -> str:
@@ -160,7 +170,7 @@ IMPLIED_BY = {"input.side": "input.shape", "output.width": "output.shape"}
 
 def block_of(variable: str) -> Optional[str]:
     """The module a variable is about (`block.layer2.0.grad_norm` -> `layer2.0`)."""
-    for prefix in ("block.", "act.", "dist.block."):
+    for prefix in ("block.", "act.", "dist.block.", "graph.block."):
         if variable.startswith(prefix):
             return variable[len(prefix):].rsplit(".", 1)[0]
     return None
@@ -214,6 +224,15 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"loader\.(train|eval)\.batch_size", "the {0} DataLoader's batch size"),
     (r"data\.overlap", "the number of evaluation samples that are also training samples"),
     (r"step\.time", "the wall time per optimizer step (median of recent steps)"),
+    (r"graph\.blocks", "the blocks whose forward has ops in the model's graph"),
+    (r"graph\.block\.(.+)\.ops", "the op kinds of block `{0}`'s graph"),
+    (r"graph\.block\.(.+)\.blocking", "the gradient-blocking ops (detach, .data, argmax, no_grad, ...) in "
+                                         "block `{0}`"),
+    (r"graph\.block\.(.+)\.cut_off", "block `{0}`'s parametrised modules with no differentiable path to the "
+                                        "output"),
+    (r"graph\.head", "the ops between the last parametrised op and the loss"),
+    (r"graph\.loss_head", "the ops before the loss that do not fit what it expects (a softmax before a loss "
+                           "that expects logits)"),
     (r"static\.output_polymorphic", "whether the output is provably [B, K] for every batch size B"),
     (r"static\.prepool_map", "the spatial size of the last feature map that still depends on the input size"),
     (r"static\.flops_per_sample", "the predicted forward FLOPs per sample"),

@@ -67,7 +67,7 @@ def test_script_crash_exits_3_keeps_partial_trace_and_prints_traceback(store: Pa
 
 def test_script_features_are_supported() -> None:
     # __main__ guard, argparse after --, sibling import, functional loss, two param groups,
-    # a shape-dependent `if` (fx falls back to the module graph), sys.exit(0).
+    # a shape-dependent `if` (fx fails, torch.export captures the graph), sys.exit(0).
     from tracer.graph import GraphCapture
     graph = GraphCapture()
     res, rows = _rows("--functional", "--exit-zero", extensions=[graph])
@@ -77,8 +77,8 @@ def test_script_features_are_supported() -> None:
     assert _values(rows, "optim.g1.lr")[0] == 0.1
     assert _values(rows, "loss.value")
     assert _values(rows, "label.max")
-    assert "module-call graph" in graph.summary() and "control flow" in graph.summary()
-    assert graph.record is not None and graph.record.kind == "modules" and res.root_model
+    assert "torch.export graph" in graph.summary() and "control flow" in graph.summary()
+    assert graph.record is not None and graph.record.kind == "export" and res.root_model
 
 
 def test_step_budget_and_recorded_variables() -> None:
@@ -371,10 +371,10 @@ def test_extensions_see_the_run_in_order_and_their_faults_stay_inside() -> None:
         def attach(self, session) -> None:
             self.events.append("attach")
 
-        def on_first_call(self, session, root, args) -> None:
+        def on_first_call(self, session, root, args, kwargs) -> None:
             self.events.append("first")
 
-        def on_input(self, session, root, args) -> None:
+        def on_input(self, session, root, args, kwargs) -> None:
             self.events.append("input")
 
         def on_output(self, session, root, output) -> None:
@@ -393,7 +393,7 @@ def test_extensions_see_the_run_in_order_and_their_faults_stay_inside() -> None:
     class Broken(Extension):
         name = "broken"
 
-        def on_input(self, session, root, args) -> None:
+        def on_input(self, session, root, args, kwargs) -> None:
             raise ValueError("extension bug")
 
     watcher = Watcher()

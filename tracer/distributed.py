@@ -21,14 +21,14 @@ different optimizer steps (their own collectives already mismatch): see docs/dis
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from tracer.blocks import block_map
 from tracer.digests import MAX_SAMPLES, block_digest, layout_hash, sample_fingerprints
 from tracer.extension import Extension, SessionView
-from tracer.model_io import model_input
+from tracer.calls import primary_input
 from tracer.rank_compare import RankFinding, compare
 from tracer.rank_payload import MAX_BLOCKS, Header, PayloadLayout
 
@@ -50,20 +50,21 @@ class CrossRankObserver(Extension):
         self.local_faults: List[str] = []
         self.findings: List[Tuple[int, RankFinding]] = []  # (step, finding) where ranks differ
 
-    def on_input(self, session: SessionView, root: torch.nn.Module, args: tuple) -> None:
+    def on_input(self, session: SessionView, root: torch.nn.Module, args: tuple,
+                 kwargs: Mapping[str, Any]) -> None:
         step = session.step
         if not (root.training and torch.is_grad_enabled()) or not session.observed(step):
             return
         if self._input is not None and self._input[0] == step:
             return  # the first training batch of a step (gradient accumulation calls more)
         try:
-            x = model_input(args)
+            x = primary_input(args, kwargs)
             if x is not None and x.dim() >= 1 and x.shape[0] > 0:
                 self._input = (step, int(x.shape[0]), sample_fingerprints(x, self.layout.max_samples))
         except Exception as e:  # never let a fault here make this rank skip a collective
             self.local_faults.append(f"fingerprint: {type(e).__name__}: {e}")
 
-    def on_step(self, session: SessionView, optimizer: torch.optim.Optimizer) -> None:
+    def on_step(self, session: SessionView, optimizer: Optional[torch.optim.Optimizer]) -> None:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return
@@ -97,15 +98,17 @@ class CrossRankObserver(Extension):
         return {FINDINGS_FACT: [{"step": step, "variable": f.variable, "ranks": list(f.ranks),
                                  "majority": list(f.majority)} for step, f in self.findings]}
 
-    def payload(self, session: SessionView, optimizer: torch.optim.Optimizer) -> Tuple[torch.Tensor, List[str]]:
+    def payload(self, session: SessionView,
+                optimizer: Optional[torch.optim.Optimizer]) -> Tuple[torch.Tensor, List[str]]:
         """This rank's payload for the step, and the names of the blocks in it."""
         head: Dict[Header, float] = {Header.STEP: float(session.step)}
         fps: Optional[torch.Tensor] = None
         if self._input is not None and self._input[0] == session.step:
             head[Header.BATCH], fps = float(self._input[1]), self._input[2]
             head[Header.SAMPLES] = float(fps.numel())
-        lrs = [float(g["lr"]) for g in optimizer.param_groups if isinstance(g.get("lr"), (int, float, torch.Tensor))]
-        head[Header.GROUPS] = float(len(optimizer.param_groups))
+        groups = optimizer.param_groups if optimizer is not None else []  # None: the script's own updates
+        lrs = [float(g["lr"]) for g in groups if isinstance(g.get("lr"), (int, float, torch.Tensor))]
+        head[Header.GROUPS] = float(len(groups))
         if lrs:
             head[Header.LR_MAX] = max(lrs)
             head[Header.LR_HASH] = sum(lr * (i + 1) for i, lr in enumerate(lrs))

@@ -22,7 +22,7 @@ are frequent).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Optional, Protocol
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Mapping, Optional, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -66,13 +66,16 @@ class Extension:
     def attach(self, session: "SessionView") -> None:
         """When the session starts, before its hooks are installed."""
 
-    def on_first_call(self, session: "SessionView", root: "nn.Module", args: tuple) -> None:
-        """Once, at the root model's first call, before its forward runs (static analyses)."""
+    def on_first_call(self, session: "SessionView", root: "nn.Module", args: tuple,
+                      kwargs: Mapping[str, Any]) -> None:
+        """Once, at the root model's first call, before its forward runs (static analyses):
+        its positional `args` and keyword `kwargs` (`model(input_ids=..., labels=...)`)."""
 
-    def on_input(self, session: "SessionView", root: "nn.Module", args: tuple) -> None:
+    def on_input(self, session: "SessionView", root: "nn.Module", args: tuple, kwargs: Mapping[str, Any]) -> None:
         """At every call of the root model the session sees, after the built-in input
-        observations. (The rest of an unobserved training step runs without module hooks,
-        so its further calls, e.g. gradient accumulation's micro-batches, are not seen.)"""
+        observations, with the call's positional and keyword arguments. (The rest of an
+        unobserved training step runs without module hooks, so its further calls, e.g.
+        gradient accumulation's micro-batches, are not seen.)"""
 
     def on_module_output(self, session: "SessionView", module: "nn.Module", output: Any) -> None:
         """After each module call inside a recorded root call (`session.module_name(module)`
@@ -86,8 +89,10 @@ class Extension:
         outside its own quiet blocks: `name` (`cross_entropy`, ...), `pair` (input, target),
         `result`; after the built-in loss observations."""
 
-    def on_step(self, session: "SessionView", optimizer: "torch.optim.Optimizer") -> None:
-        """After every observed step of the primary optimizer, before the step's flush."""
+    def on_step(self, session: "SessionView", optimizer: "Optional[torch.optim.Optimizer]") -> None:
+        """After every observed training step, before the step's flush: a step of the primary
+        optimizer, or (`optimizer` None) a backward followed by the script's own parameter
+        updates when no torch.optim optimizer trains the model."""
 
     def on_end(self, session: "SessionView") -> None:
         """When the session ends (its hooks removed), before the last flush."""

@@ -1,103 +1,96 @@
-"""GraphRecord: the root model's torch.fx graph with concrete shapes from the first batch,
-captured by the `GraphCapture` extension.
+"""GraphRecord: the root model's graph, captured at its first call by the `GraphCapture`
+extension, and the graph facts recorded from it as observations (`graph.*`, step 0).
 
-Shapes come from the real forward the tracer already observed (module hooks), never from
-an extra forward: re-running the model would update BatchNorm statistics and consume
-dropout's random numbers. A model fx cannot trace (shape-dependent control flow, ...)
-falls back to the module-call graph seen by the hooks, with the reason recorded.
+Capture (tracer/graph_build.py) tries torch.fx symbolic tracing, then torch.export
+(non-strict, on a meta copy), then the module-call order the hooks saw during the first
+call, and records why a path failed. Nodes carry the module they belong to, the source
+line of the forward that holds them and, for module calls, the output shapes observed at
+the first call (from the real forward the tracer already observed: never an extra
+forward, which would update BatchNorm statistics and consume dropout's random numbers).
+
+The facts (tracer/graph_facts.py) are recorded at the first call, before the first
+backward: per block its op kinds, its gradient-blocking ops and the parametrised modules
+cut off from the output; at the first loss, the op chain between the last parametrised
+module and the loss and whether it fits the loss (docs/graph.md).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
-from torch import fx, nn
+from torch import nn
 
+from tracer import graph_facts
+from tracer.blocks import block_prefixes
 from tracer.extension import Extension, SessionView
+from tracer.graph_build import capture_modules, capture_traced
+from tracer.graph_record import GraphNode, GraphRecord, Shapes
 
-ModuleCall = Tuple[str, str, List[List[int]]]  # qualified name, class, output shapes
-
-
-@dataclass(frozen=True)
-class GraphRecord:
-    """Topology and per-node shapes of the root model (plain data, no live tensors)."""
-
-    kind: str  # "fx" or "modules"
-    model: str  # class name of the root model
-    reason: Optional[str]  # why fx was not used
-    nodes: Tuple[Dict[str, Any], ...] = field(default_factory=tuple)
-
-    def to_json(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["nodes"] = list(self.nodes)
-        return d
-
-    def summary(self) -> str:
-        if self.kind == "fx":
-            return f"torch.fx graph of {self.model}, {len(self.nodes)} nodes"
-        return f"module-call graph of {self.model}, {len(self.nodes)} modules (fx: {self.reason})"
-
-
-def _arg_names(args: Any) -> List[str]:
-    names: List[str] = []
-    fx.node.map_arg(args, lambda n: names.append(n.name))
-    return names
+__all__ = ["GraphCapture", "GraphNode", "GraphRecord", "output_shapes"]
 
 
 class GraphCapture(Extension):
-    """Captures the GraphRecord at the end of the first recorded root call, from the module
-    calls the session saw during it; `record` is None when the model was never called."""
+    """Captures the GraphRecord at the root model's first call and records the graph facts
+    (`graph.*`, docs/graph.md) at step 0; `record` is None when the model was never called."""
 
     name = "graph"
 
     def __init__(self) -> None:
         self.record: Optional[GraphRecord] = None
-        self._calls: Optional[List[ModuleCall]] = None  # collecting while not None
+        self._calls: Optional[List[Tuple[str, str, Shapes]]] = None  # module calls of the first call
+        self._failed = ""          # why fx and export failed, for the module-call fallback
+        # the first call's output tensors, held weakly until the loss that consumes one is seen
+        self._outputs: Optional[List[Any]] = None
 
-    def on_first_call(self, session: SessionView, root: nn.Module, args: tuple) -> None:
+    def on_first_call(self, session: SessionView, root: nn.Module, args: tuple,
+                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        blocks = tuple(block_prefixes(root, session.config.block_depth))
         self._calls = []
+        self.record, self._failed = capture_traced(root, args, kwargs, blocks)
+        if self.record is not None:
+            graph_facts.record_blocks(session, self.record, root)
 
     def on_module_output(self, session: SessionView, module: nn.Module, output: Any) -> None:
         if self._calls is not None:
-            self._calls.append((session.module_name(module), type(module).__name__, output_shapes(output)))
+            self._calls.append((session.module_name(module) or "", type(module).__name__, output_shapes(output)))
 
     def on_output(self, session: SessionView, root: nn.Module, output: Any) -> None:
-        if self._calls is not None:
-            calls, self._calls = self._calls, None
-            self.record = capture(root, calls)
+        if self._calls is None:
+            return
+        calls, self._calls = self._calls, None
+        if self.record is None:
+            self.record = capture_modules(root, calls, tuple(block_prefixes(root, session.config.block_depth)),
+                                          self._failed)
+            graph_facts.record_blocks(session, self.record, root)
+        else:
+            self.record = self.record.with_shapes({name: shapes for name, _, shapes in calls})
+        self._outputs = graph_facts.output_refs(output)
+
+    def on_loss(self, session: SessionView, name: str, pair: tuple, result: Any) -> None:
+        if self._outputs is not None:
+            self._record_head(session, name, pair[0])
+
+    def on_step(self, session: SessionView, optimizer: torch.optim.Optimizer) -> None:
+        if self._outputs is not None:
+            self._record_head(session, "", None)  # no loss function was seen before the step
+
+    def _record_head(self, session: SessionView, loss: str, loss_input: Any) -> None:
+        assert self.record is not None and self._outputs is not None
+        element = graph_facts.output_element(self._outputs, loss_input)
+        self._outputs = None
+        graph_facts.record_head(session, self.record, loss, element)
 
     def summary(self) -> str:
         """One line: what was captured, or why nothing was."""
         return self.record.summary() if self.record else "not captured (the root model was never called)"
 
-
-def capture(root: nn.Module, module_calls: List[ModuleCall]) -> GraphRecord:
-    """Builds the record; `module_calls` are (qualified name, class, output shapes) in call order."""
-    shapes = {name: out for name, _, out in module_calls}
-    try:
-        gm = fx.symbolic_trace(root)
-    except Exception as e:  # fx raises many types; all mean "use the fallback"
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        nodes = tuple({"name": n or "(root)", "op": "call_module", "target": cls, "shape": out}
-                      for n, cls, out in module_calls)
-        return GraphRecord("modules", type(root).__name__, reason, nodes)
-    nodes = []
-    for node in gm.graph.nodes:
-        target = node.target if isinstance(node.target, str) else getattr(
-            node.target, "__name__", str(node.target))
-        nodes.append({"name": node.name, "op": node.op, "target": target,
-                      "args": _arg_names(node.args),
-                      "shape": shapes.get(node.target) if node.op == "call_module" else None})
-    return GraphRecord("fx", type(root).__name__, None, tuple(nodes))
+    def facts(self) -> Dict[str, Any]:
+        return {"graph_kind": self.record.kind} if self.record else {}
 
 
-def output_shapes(out: Any) -> List[List[int]]:
+def output_shapes(out: Any) -> Shapes:
     """Shapes of the tensors in a module's output (tensor, tuple/list, dict)."""
     if isinstance(out, torch.Tensor):
-        return [list(out.shape)]
-    if isinstance(out, (tuple, list)):
-        return [list(o.shape) for o in out if isinstance(o, torch.Tensor)]
-    if isinstance(out, dict):
-        return [list(o.shape) for o in out.values() if isinstance(o, torch.Tensor)]
-    return []
+        return (tuple(out.shape),)
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    return tuple(tuple(o.shape) for o in values if isinstance(o, torch.Tensor))

@@ -2,33 +2,16 @@
 `output.*`, `model.*`)."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from tracer import stats
+from tracer.calls import model_output, primary_input
 from tracer.pending import Pending
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-
-def model_input(args: tuple) -> Optional[torch.Tensor]:
-    """The model input of a root call: its first tensor argument."""
-    return next((a for a in args if isinstance(a, torch.Tensor)), None)
-
-
-def model_output(output: Any) -> Optional[torch.Tensor]:
-    """The tensor that stands for a root call's output: the output itself, the first tensor
-    of a tuple, list or dict, or an output object's `logits`."""
-    if isinstance(output, (tuple, list)):
-        return next((o for o in output if isinstance(o, torch.Tensor)), None)
-    if isinstance(output, dict):
-        return next((o for o in output.values() if isinstance(o, torch.Tensor)), None)
-    if isinstance(output, torch.Tensor):
-        return output
-    out = getattr(output, "logits", None)
-    return out if isinstance(out, torch.Tensor) else None
 
 
 class ModelIO:
@@ -44,9 +27,10 @@ class ModelIO:
         """A dropout call inside a recorded root call dropped units."""
         self._dropouts_applied += 1
 
-    def on_input(self, p: Pending, step: int, phase: str, root: nn.Module, args: tuple) -> None:
+    def on_input(self, p: Pending, step: int, phase: str, root: nn.Module, args: tuple,
+                 kwargs: Mapping[str, Any]) -> None:
         self._dropouts_applied = 0
-        x = model_input(args)
+        x = primary_input(args, kwargs)
         if x is not None:
             p.value(step, phase, "input.shape", stats.shape_text(x.shape[1:]))
             p.value(step, phase, "input.batch", x.shape[0] if x.dim() else 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.optim.optimizer as optimizer_module
@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tracer.activations import ActivationObserver
+from tracer.calls import call_kwargs
 from tracer.cost import StepCost
 from tracer.extension import EVENTS, Extension, overriding
 from tracer.loaders import LoaderObserver
@@ -241,9 +242,9 @@ class TraceSession:
             if self._roots.root is None and self._roots.has_optimizers():
                 self._guard("root", self._roots.consider, module)
             if module is self._roots.root:
-                self._root_called(module, args)
+                self._root_called(module, args, call_kwargs())
 
-    def _root_called(self, root: nn.Module, args: tuple) -> None:
+    def _root_called(self, root: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> None:
         self._in_root = True
         self._mstack = [root]
         self._activations.root_called()
@@ -251,18 +252,18 @@ class TraceSession:
         if not self._first_call_done:
             self._first_call_done = True
             self._cost.restart()
-            self._notify("on_first_call", root, args)
+            self._notify("on_first_call", root, args, kwargs)
         if call is not None and call.recorded:
             self._recording = call
             step = self.step
             if call.phase == "eval" and not call.provisional:
                 self._guard("data", self._loaders.examine_late, self._pending, step)
-            self._guard("input", self._model_io.on_input, call.out, step, call.phase, root, args)
+            self._guard("input", self._model_io.on_input, call.out, step, call.phase, root, args, kwargs)
             if not call.provisional:
                 self._guard("loader", self._loaders.on_model_call, call.out, step, call.phase)
         elif call is not None and call.phase == "train" and self.config.lift_hooks:
             self._pause_module_hooks()  # nothing of this step's forward is recorded
-        self._notify("on_input", root, args)
+        self._notify("on_input", root, args, kwargs)
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._quiet:

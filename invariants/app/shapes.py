@@ -1,8 +1,8 @@
-"""`invar shapes`: run a script up to its model's first call, analyse it, stop."""
+"""`invar shapes`: run a script through its model's first call, analyse it, stop."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -10,6 +10,8 @@ import solver
 from invariants.app.static import primary_input
 from tracer import data as datamod
 from tracer.extension import Extension, SessionView
+from tracer.graph import GraphCapture, GraphRecord
+from tracer.graph_facts import Cut, gradient_cuts
 from tracer.runner import run_script
 from tracer.session import StopRequested, TraceConfig
 
@@ -21,11 +23,18 @@ class ShapesOutcome:
     label_classes: Optional[int]
     reason: str = ""
     crashed: bool = False
+    graph: Optional[GraphRecord] = None  # the model's graph, when its first forward finished
+    cuts: Optional[List[Cut]] = None      # its modules cut off from the output (None: no data flow)
 
     def to_json(self) -> Dict[str, Any]:
         d = self.report.to_json() if self.report else {}
         d["example_input"] = list(self.input_shape)
         d["label_classes"] = self.label_classes
+        g = self.graph
+        d["graph"] = None if g is None else {"kind": g.kind, "nodes": len(g.nodes), "reason": g.reason}
+        d["gradient_flow"] = {"blocked": None if self.cuts is None else [
+            {"block": c.block, "module": c.module, "by": c.by, "where": c.where or None, "why": c.why}
+            for c in self.cuts]}
         if self.report is not None:
             flops, act = self.report.cost_at(self.input_shape)
             d["cost"]["at_example"] = {"flops": flops, "activation_bytes": act}
@@ -55,18 +64,34 @@ class ShapesOutcome:
         lines.append(f"cost    FLOPs {r.flops}")
         lines.append(f"        activation bytes {r.activation_bytes}")
         lines.append(f"        at the example input: {flops} FLOPs, {act} activation bytes")
+        lines += self._graph_lines()
         for note in r.notes:
             lines.append(f"note    {note}")
         lines.append(f"analysed in {r.seconds:.2f} s")
         return "\n".join(lines)
 
 
+    def _graph_lines(self) -> List[str]:
+        if self.graph is None:
+            return ["graph   not captured (the model's first forward did not finish)"]
+        lines = [f"graph   {self.graph.summary()}"]
+        if self.cuts is None:
+            lines.append("        gradient flow unknown: the module-call graph has no data flow")
+        elif not self.cuts:
+            lines.append("        every parametrised module has a differentiable path to the output")
+        for c in self.cuts or []:
+            lines.append(f"        no gradient path: {c.module} ({c.block}): {c.why}")
+        return lines
+
+
 class ShapeAnalysis(Extension):
-    """Analyses the root model's first call and ends the run; `outcome` holds the result."""
+    """Analyses the root model's first call and ends the run when that call returns (its
+    graph captured by `graph`); `outcome` holds the result."""
 
     name = "shapes"
 
-    def __init__(self, probes: Sequence[Tuple[int, ...]] = ()):
+    def __init__(self, graph: GraphCapture, probes: Sequence[Tuple[int, ...]] = ()):
+        self.graph = graph
         self.probes = probes
         self.outcome: Optional[ShapesOutcome] = None
 
@@ -76,13 +101,20 @@ class ShapeAnalysis(Extension):
         classes = _label_classes(session)
         report = solver.analyse(root, args, kwargs, label_classes=classes, probes=self.probes)
         self.outcome = ShapesOutcome(report, tuple(x.shape) if x is not None else (), classes)
+
+    def on_output(self, session: SessionView, root: torch.nn.Module, output: Any) -> None:
+        record = self.graph.record
+        if self.outcome is not None and record is not None:
+            self.outcome.graph = record
+            self.outcome.cuts = None if record.kind == "modules" else gradient_cuts(record, root)
         raise StopRequested("static analysis done")
 
 
 def run(script: str, args: Sequence[str], probes: Sequence[Tuple[int, ...]] = ()) -> ShapesOutcome:
-    """Runs the script until the root model's first call and analyses that call."""
-    analysis = ShapeAnalysis(probes)
-    res = run_script(script, args, TraceConfig(steps=1), lambda rows: None, extensions=[analysis])
+    """Runs the script through the root model's first call and analyses that call."""
+    graph = GraphCapture()
+    analysis = ShapeAnalysis(graph, probes)
+    res = run_script(script, args, TraceConfig(steps=1), lambda rows: None, extensions=[graph, analysis])
     if analysis.outcome is not None:
         return analysis.outcome
     return ShapesOutcome(None, (), None, res.error or "the script ended before calling a model "
