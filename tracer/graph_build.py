@@ -223,9 +223,10 @@ def _unwrapped(name: str) -> str:
 
 def capture_export(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, Any]], blocks: Tuple[str, ...],
                    reason: str) -> GraphRecord:
-    """torch.export (non-strict) of a meta copy in the root's mode, on meta tensors shaped
-    like the call's."""
-    flat = _Flat(meta_twin(root).train(root.training))
+    """torch.export (non-strict) of a meta copy in training mode (the graph gradients flow
+    through, the same whichever mode the first call ran in), on meta tensors shaped like
+    the call's."""
+    flat = _Flat(meta_twin(root).train())
     meta = tree_map(lambda x: torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x,
                     (tuple(args), dict(kwargs or {})))
     with no_global_hooks(), _quiet_loggers("torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes",

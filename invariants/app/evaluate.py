@@ -55,7 +55,7 @@ class Row:
 @dataclass
 class EvalReport:
     rows: List[Row] = field(default_factory=list)
-    invariants: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    invariants: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per case: counts, graph capture
     seconds: float = 0.0
 
     def totals(self) -> Dict[str, Any]:
@@ -215,7 +215,8 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
             return workflow.check(script, args, invs, steps=budget, store_dir=store, seed_offset=seed_offset)
         counts = {"invariants": len(invs.invariants), "suppressed": outcome.mined.suppressed,
                   "discarded": len(outcome.mined.discarded),
-                  "errors": sum(1 for i in invs.invariants if i.severity == "error")}
+                  "errors": sum(1 for i in invs.invariants if i.severity == "error"),
+                  "graph": _graph_coverage(store, outcome.references)}
         loo = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET)
         rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, _exit_code(loo)))
         # The normal workflow: invariants from short reference runs, a whole run checked.
@@ -227,6 +228,18 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
             rep = check(script, args)
             rows.append(_row_from(case.name, v["script"], v.get("kind", "bug"), v, rep, _exit_code(rep)))
     return {"rows": [asdict(r) for r in rows], "invariants": counts}
+
+
+def _graph_coverage(store_dir: str, references: List[Any]) -> str:
+    """How the reference's model graph was captured (fx, export, modules) and why not by
+    fx: the first reference run's `graph` fact."""
+    from invariants.app.store import Store
+    with Store(store_dir, create=False) as store:
+        for ref in references:
+            summary = store.facts(ref.run_id).get("graph") if ref.run_id else None
+            if summary:
+                return str(summary)
+    return "not captured"
 
 
 def evaluate(corpus_dir: str, jobs: int = 1, runs: int = 3, steps: int = 30,
@@ -297,10 +310,11 @@ def render_markdown(report: EvalReport) -> str:
                f"latest first detection of an error-level bug: step {t['structural_max_step']}. "
                f"Total {report.seconds:.0f} s.")
     out.append("")
-    out.append("| case | invariants | error-level | suppressed (implied) | discarded candidates |")
-    out.append("|---|---|---|---|---|")
+    out.append("| case | invariants | error-level | suppressed (implied) | discarded candidates | graph |")
+    out.append("|---|---|---|---|---|---|")
     for case, c in report.invariants.items():
-        out.append(f"| {case} | {c['invariants']} | {c['errors']} | {c['suppressed']} | {c['discarded']} |")
+        out.append(f"| {case} | {c['invariants']} | {c['errors']} | {c['suppressed']} | {c['discarded']} | "
+                   f"{c.get('graph', '-')} |")
     closest = report.closest()
     if any(closest.values()):
         out += ["", "Consequence envelopes: the smallest margin a valid run (ok variant or fresh seed) kept to "
