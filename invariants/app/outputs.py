@@ -64,9 +64,10 @@ def keep(store_dir: str, doc: Dict[str, Any], invariants: "InvariantSet") -> Lis
     return []
 
 
-def stored(store_dir: str, run_id: str) -> Tuple[Dict[str, Any], Optional["InvariantSet"]]:
-    """The report a check kept for a run (an id or unique prefix) and its invariants;
-    StoreMissing for no store or run, UsageError for a run that holds no check report."""
+def stored(store_dir: str, run_id: str) -> Tuple[Dict[str, Any], Optional["InvariantSet"], List[str]]:
+    """The report a check kept for a run (an id or unique prefix), its invariants (None when
+    they no longer load, e.g. written by an older invar) and notes saying so; StoreMissing
+    for no store or run, UsageError for a run that holds no check report."""
     with Store(store_dir, create=False) as store:
         info = store.run(run_id)
         facts = store.facts(info.id)
@@ -74,5 +75,9 @@ def stored(store_dir: str, run_id: str) -> Tuple[Dict[str, Any], Optional["Invar
         raise UsageError(f"run {info.id} ({info.label or 'unlabelled'}) holds no check report: only runs of "
                          f"`invar check` keep one (see `invar runs`); or pass a JSON report file")
     body = facts.get(INVARIANTS_FACT)
-    invs = invfile.loads(json.dumps(body), "json", source=f"run {info.id}") if body else None
-    return facts[REPORT_FACT], invs
+    if not body:
+        return facts[REPORT_FACT], None, []
+    try:
+        return facts[REPORT_FACT], invfile.loads(json.dumps(body), "json", source=f"run {info.id}"), []
+    except invfile.InvariantFileError as e:
+        return facts[REPORT_FACT], None, [f"the invariants kept with the run do not load ({e})"]

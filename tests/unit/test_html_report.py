@@ -178,7 +178,9 @@ def test_a_kept_report_renders_again_by_run_id_and_from_its_json(world: Any, cap
     store = str(root / "store")
     assert outputs.keep(store, r.to_json(), invs) == []
     (root / "inv.yaml").unlink()  # the file may be gone: the store kept the invariants
-    code, _, err = invar(capsys, "report", r.run_id[:17], "--store", store, "-o", str(tmp_path / "a.html"))
+    others = [i for i in invs.meta["run_ids"] if i.startswith(r.run_id[:-1])]
+    prefix = r.run_id if others else r.run_id[:-1]  # a unique prefix works as the id
+    code, _, err = invar(capsys, "report", prefix, "--store", store, "-o", str(tmp_path / "a.html"))
     assert code == 0, err
     page = (tmp_path / "a.html").read_text()
     assert "frozen" in page and "bound: expected == 1 (all)" in page
@@ -189,20 +191,37 @@ def test_a_kept_report_renders_again_by_run_id_and_from_its_json(world: Any, cap
     assert code == 0 and "could not be loaded" in (tmp_path / "b.html").read_text()  # against was deleted
 
 
+def test_kept_invariants_that_no_longer_load_fall_back_to_the_reports_against(world: Any, capsys: Any,
+                                                                               tmp_path: Path) -> None:
+    root, invs = world
+    r = _check(world, **FROZEN)
+    store = str(root / "store")
+    outputs.keep(store, r.to_json(), invs)
+    with Store(store) as s:  # as an older invar might have kept them
+        s.set_fact(r.run_id, outputs.INVARIANTS_FACT, {"schema": 1, "invariants": [{"id": "x"}]})
+    code, _, err = invar(capsys, "report", r.run_id, "--store", store, "-o", str(tmp_path / "a.html"))
+    page = (tmp_path / "a.html").read_text()
+    assert code == 0, err
+    assert "do not load" in page and "bound: expected == 1 (all)" in page  # bounds from the report's own file
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["report", "nosuch"], "no run 'nosuch'"),
     (["report", "{json}"], "not a check report"),
     (["report", "{yaml}"], "is not JSON"),
     (["report", "{ref}"], "holds no check report"),
     (["report", "{good}", "--against", "missing.yaml"], "no such file or invariant set"),
+    (["report", "{mangled}"], "violations[0] lacks step, severity"),
 ])
 def test_report_refuses_what_it_cannot_render_with_exit_2(world: Any, capsys: Any, tmp_path: Path,
                                                           argv: List[str], fragment: str) -> None:
     root, invs = world
     (tmp_path / "x.json").write_text('{"summary": 1}')
     (tmp_path / "good.json").write_text('{"summary": {}, "violations": []}')
+    (tmp_path / "mangled.json").write_text('{"summary": {}, "violations": [{"id": "a", "target": ["x"], '
+                                           '"phase": "train", "observed": "1", "expected": "0"}]}')
     subs = {"{json}": str(tmp_path / "x.json"), "{good}": str(tmp_path / "good.json"), "{yaml}": str(root / "inv.yaml"),
-            "{ref}": invs.meta["run_ids"][0]}
+            "{ref}": invs.meta["run_ids"][0], "{mangled}": str(tmp_path / "mangled.json")}
     code, _, err = invar(capsys, *[subs.get(a, a) for a in argv], "--store", str(root / "store"))
     assert code == 2 and fragment in err, err
 

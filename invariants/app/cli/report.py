@@ -17,6 +17,11 @@ REPORT_EXITS = exit_help((Exit.OK, "rendered"),
                          (Exit.STORE_CORRUPT, None))
 
 
+# What the page reads of each entry (CheckReport.to_json writes them all).
+VIOLATION_FIELDS = ("id", "target", "phase", "step", "severity", "observed", "expected")
+CAUSE_FIELDS = ("family", "violations")
+
+
 @click.command(epilog=REPORT_EXITS)
 @click.argument("source")
 @click.option("-o", "--output", default=None, help="Write the report here [default: stdout].")
@@ -54,17 +59,17 @@ def _load(source: str, against: Optional[str], store_dir: str) -> Tuple[Dict[str
     from invariants.app import outputs
     from invariants.app.workflow import load_invariants
     if Path(source).is_file():
-        doc, kept = _read_json_report(source), None
+        doc, kept, notes = _read_json_report(source), None, []
     else:
-        doc, kept = outputs.stored(store_dir, source)
+        doc, kept, notes = outputs.stored(store_dir, source)
     if against:
         return doc, load_invariants(against, store_dir), []  # asked for by name: not loadable is an error
     if kept is not None:
-        return doc, kept, []
+        return doc, kept, notes
     try:
-        return doc, load_invariants(str(doc.get("against", "")), store_dir), []
+        return doc, load_invariants(str(doc.get("against", "")), store_dir), notes
     except InvarError as e:
-        return doc, None, [f"the invariant set could not be loaded ({e}); pass --against"]
+        return doc, None, notes + [f"the invariant set could not be loaded ({e}); pass --against"]
 
 
 def _read_json_report(path: str) -> Dict[str, Any]:
@@ -77,4 +82,10 @@ def _read_json_report(path: str) -> Dict[str, Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict) or "violations" not in doc:
         raise UsageError(f"{path} is not a check report (no `summary` and `violations`); pass a report written "
                          f"by `invar check --format json`")
+    for kind, fields in (("violations", VIOLATION_FIELDS), ("causes", CAUSE_FIELDS)):
+        for i, entry in enumerate(doc.get(kind) or []):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise UsageError(f"{path}: {kind}[{i}] lacks {', '.join(missing)}; pass a report written by "
+                                 f"`invar check --format json`")
     return doc

@@ -97,11 +97,14 @@ def _causes_section(doc: Mapping[str, Any]) -> str:
                      f'<div class="cause-text">{esc(c.get("summary", ""))}</div>'
                      f'<div class="fix"><b>fix:</b> {esc(c.get("hint", ""))}</div>'
                      f'<div class="meta">{esc(meta)}</div></div>')
-    for u in doc.get("unobserved") or []:
+    unobserved = doc.get("unobserved") or []
+    for u in unobserved:
         loci = f" @ {', '.join(u['loci'][:6])}" if u.get("loci") else ""
         parts.append(f'<div class="cause unobserved"><div class="title">[not observed] {esc(u["family"])}'
-                     f'{esc(loci)}</div><div class="cause-text">{esc(u.get("summary", ""))}</div>'
-                     f'<div class="fix"><b>why and what to do:</b> {esc(u.get("hint", ""))}</div></div>')
+                     f'{esc(loci)}</div><div class="cause-text">{esc(u.get("summary", ""))}</div></div>')
+    if unobserved:  # one hint for all: it is the same for every group
+        parts.append(f'<p class="note"><b>not observed — why and what to do:</b> {esc(unobserved[0].get("hint", ""))}'
+                     f"</p>")
     if not parts:
         summary = doc.get("summary") or {}
         word = "clean: no invariant violated" if summary.get("verdict") == "ok" else "no root cause reported"
