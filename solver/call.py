@@ -1,8 +1,8 @@
 """The structure of the script's call of its model, so that the meta copy is called the
 same way: `model(idx, targets)`, `model(x, hidden)`, `model(input_ids=..., labels=...)`.
 
-The *primary* input is the first tensor of the positional arguments (else of the keyword
-arguments): its batch and spatial or sequence dims become symbols. Every other tensor is
+The *primary* input is the tracer's model input (tracer/calls.py: the first positional
+tensor, else `input_ids`, `pixel_values`, ... of the keyword arguments): its batch and spatial or sequence dims become symbols. Every other tensor is
 tied to it: a dim whose size equals the primary's at the same position is the same symbol
 (a target [B, T] for token ids [B, T], an attention mask), a dim whose size equals the
 primary's batch size is the batch symbol (a hidden state [layers, B, H], labels [B]);
@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.utils import _pytree as pytree
+
+from tracer.calls import primary_input
 
 Dim = Union[int, str]  # a fixed size, or "d{i}": the primary input's dim i
 
@@ -70,7 +72,9 @@ class CallSpec:
         """The call's structure; TypeError when it holds no tensor."""
         args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
         leaves, treedef = pytree.tree_flatten((args, dict(kwargs or {})))
-        primary = next((i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)), None)
+        x = primary_input(args, kwargs or {})  # the tracer's `input.*` are about it too
+        primary = next((i for i, leaf in enumerate(leaves) if leaf is x), None) if x is not None else \
+            next((i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)), None)
         if primary is None:
             raise TypeError("the model call has no tensor argument to analyse")
         x0 = leaves[primary]

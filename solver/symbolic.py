@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_leaves
 from solver.call import CallSpec, TensorSlot
 from solver.reasons import plain_reason, undecidable
 from solver.rules import batch_dim, rule_for
+from tracer.calls import model_output
 from tracer.twin import meta_twin, no_global_hooks
 
 
@@ -79,21 +80,10 @@ def _dims(t: Any) -> Optional[List[Any]]:
     return None if first is None else [_expr(d) for d in first.shape]
 
 
-def output_tensor(out: Any) -> Optional[torch.Tensor]:
-    """The tensor standing for a model's output: the output itself, a `logits` entry or
-    attribute (Hugging Face outputs), else the first tensor of a tuple, list or dict that
-    has a dim (a loss returned next to the logits is 0-dim)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    tensors = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)] if isinstance(out, (tuple, list, dict)) else []
-    return next((x for x in tensors if x.dim()), tensors[0] if tensors else None)
-
-
 def _output_dims(out: Any) -> Optional[List[Any]]:
-    t = output_tensor(out)
+    """The dims of the tensor standing for the model's predictions (tracer/calls.py: the
+    output itself, a `logits` field, else the first tensor that is not a loss)."""
+    t = model_output(out)
     return None if t is None else [_expr(d) for d in t.shape]
 
 

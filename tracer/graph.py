@@ -43,7 +43,7 @@ class GraphCapture(Extension):
         self._outputs: Optional[List[Any]] = None
 
     def on_first_call(self, session: SessionView, root: nn.Module, args: tuple,
-                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                      kwargs: Mapping[str, Any]) -> None:
         blocks = tuple(block_prefixes(root, session.config.block_depth))
         self._calls = []
         self.record, self._failed = capture_traced(root, args, kwargs, blocks)

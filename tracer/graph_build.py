@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves, tree_map
 
 from tracer.graph_facts import output_tensors
@@ -60,9 +61,12 @@ def normal_kind(name: str) -> str:
 
 
 def module_kind(m: nn.Module) -> str:
-    """A module's op kind: `nn.Softmax` -> softmax; `nn.Sequential` and other containers
-    are no op."""
-    return normal_kind(snake(type(m).__name__))
+    """A module's op kind: `nn.Softmax` -> softmax; a parametrized module (spectral_norm,
+    weight_norm through torch.nn.utils.parametrize) is its original class's op."""
+    cls = type(m)
+    if parametrize.is_parametrized(m) and cls.__bases__:
+        cls = cls.__bases__[0]  # `ParametrizedLinear` is a Linear
+    return normal_kind(snake(cls.__name__))
 
 
 def user_line(depth: int = 1) -> str:

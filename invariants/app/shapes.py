@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 import solver
-from invariants.app.static import primary_input
 from tracer import data as datamod
+from tracer.calls import primary_input
 from tracer.extension import Extension, SessionView
 from tracer.graph import GraphCapture, GraphRecord
 from tracer.graph_facts import Cut, gradient_cuts
@@ -96,7 +96,7 @@ class ShapeAnalysis(Extension):
         self.outcome: Optional[ShapesOutcome] = None
 
     def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple,
-                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                      kwargs: Mapping[str, Any]) -> None:
         x = primary_input(args, kwargs)
         classes = _label_classes(session)
         report = solver.analyse(root, args, kwargs, label_classes=classes, probes=self.probes)

@@ -10,16 +10,10 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Optional
 
 import torch
-from torch.utils._pytree import tree_leaves
 
 import solver
+from tracer.calls import primary_input
 from tracer.extension import Extension, SessionView
-
-
-def primary_input(args: tuple, kwargs: Optional[Mapping[str, Any]] = None) -> Optional[torch.Tensor]:
-    """The tensor the solver's symbols stand on: the call's first tensor argument, else
-    its first tensor keyword argument (`model(input_ids=...)`)."""
-    return next((x for x in tree_leaves((tuple(args), dict(kwargs or {}))) if isinstance(x, torch.Tensor)), None)
 
 
 class StaticPhase(Extension):
@@ -36,7 +30,7 @@ class StaticPhase(Extension):
         return root
 
     def on_first_call(self, session: SessionView, root: torch.nn.Module, args: tuple,
-                      kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                      kwargs: Mapping[str, Any]) -> None:
         x = primary_input(args, kwargs)
         if x is None or x.dim() == 0:
             return

@@ -129,6 +129,15 @@ def test_capture_falls_back_to_export_for_keyword_forwards_and_to_module_calls()
     assert graph_facts.op_kinds(modules) == {"fc": "linear"}
 
 
+def test_op_kinds_do_not_change_with_the_spectral_norm_api() -> None:
+    def mlp(norm: Any) -> nn.Module:
+        return nn.Sequential(norm(nn.Linear(4, 8)), nn.ReLU(), norm(nn.Linear(8, 2)))
+
+    kinds = [graph_facts.op_kinds(capture(mlp(norm), torch.randn(3, 4)))
+             for norm in (lambda m: m, nn.utils.spectral_norm, nn.utils.parametrizations.spectral_norm)]
+    assert kinds[0] == kinds[1] == kinds[2] == {"0": "linear", "1": "relu", "2": "linear"}
+
+
 def test_capture_changes_nothing_of_the_model_nor_the_random_streams() -> None:
     for model, x in ((ResNet18(10, width=8).train(), torch.randn(2, 3, 32, 32)),
                      (TinyEncoder().train(), torch.randint(0, 50, (4, 9)))):
