@@ -146,14 +146,17 @@ def _cause_evidence(title: str, vs: Sequence[Mapping[str, Any]], invs: Mapping[s
                     ids: Iterator[str], cap: int) -> Tuple[List[str], int]:
     """One cause's plots (at most `cap`), the texts of its non-numeric variables, and its
     evidence table; and how many panels it plotted."""
+    by_variable: Dict[Tuple[str, Tuple[str, ...]], List[Mapping[str, Any]]] = {}
+    for v in vs:  # one panel per variable: its range and magnitude violations share it
+        by_variable.setdefault((v["phase"], tuple(v["target"])), []).append(v)
     panels, texts, unplotted = [], [], 0
-    for v in vs:
+    for group in by_variable.values():
         if len(panels) >= cap:
-            unplotted += 1
+            unplotted += len(group)
             continue
-        panel = evidence.violation_panel(v, invs.get(v["id"]), traces)
+        panel = evidence.violation_panel(group, invs, traces)
         if panel is None:
-            texts.append(evidence.text_evidence(v, traces))
+            texts.append(evidence.text_evidence(group[0], traces))
         else:
             panels.append(panel)
     parts = [f"<h3>{esc(title)} — {len(vs)} violation(s)</h3>"]

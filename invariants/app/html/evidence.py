@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from invariants.app.html.bounds import Context, bounds, numeric_span, windowed_note
+from invariants.app.html.bounds import Bound, Context, bounds, numeric_span, windowed_note
 from invariants.app.html.figures import BlockRow, Panel
 from invariants.app.html.traces import Traces
 from invariants.model import Invariant
@@ -34,20 +34,25 @@ class TextEvidence:
     checked: List[str]
 
 
-def violation_panel(v: Mapping[str, Any], inv: Optional[Invariant], traces: Traces) -> Optional[Panel]:
-    """The panel of one violated invariant, or None when nothing about it is numeric."""
+def violation_panel(vs: Sequence[Mapping[str, Any]], invs: Mapping[str, Invariant], traces: Traces) -> Optional[Panel]:
+    """One panel for the violated invariants over one variable and phase (a range and a
+    magnitude on the same variable share it, each drawing its bound), or None when nothing
+    about them is numeric. The first violation gives the title, step window and mark."""
+    v = vs[0]
     variable, phase = v["target"][0], v["phase"]
     checked = traces.checked_points(phase, variable)
     envelope = traces.envelope(phase, variable)
-    span, lines, note, window = None, [], "", (0, None)
-    if inv is not None:
-        window = tuple(inv.when.steps)
-        if envelope is None and inv.template in SPAN_ON_VALUE_SCALE:
+    span, lines, notes, window = None, [], [], (0, None)
+    known = [invs[x["id"]] for x in vs if x["id"] in invs]
+    for inv in known:
+        window = tuple(known[0].when.steps)
+        if envelope is None and span is None and inv.template in SPAN_ON_VALUE_SCALE:
             span = numeric_span(inv.support.span)
         second = traces.checked_points(phase, inv.target[1]) if len(inv.target) > 1 else []
         found = bounds(inv.template, inv.expect, Context(checked, second, window))
-        lines = found or []
-        note = "no bound drawn for this template" if found is None else windowed_note(inv.template)
+        prefix = f"{inv.template}: " if len(known) > 1 else ""
+        lines += [Bound(prefix + b.label, b.value, b.points) for b in found or []]
+        notes.append("no bound drawn for this template" if found is None else windowed_note(inv.template))
     value = None if checked else leading_number(str(v.get("observed", "")))
     if not (checked or envelope or span or lines or value is not None):
         return None
@@ -56,7 +61,8 @@ def violation_panel(v: Mapping[str, Any], inv: Optional[Invariant], traces: Trac
         title += f" vs {v['target'][1]}"
     raw = traces.checked.raw(phase, variable) if traces.checked else []
     return Panel(title=title, checked=checked, raw=raw, envelope=envelope, span=span, bounds=lines,
-                 window=window, mark=int(v["step"]), mark_value=value, note=note)
+                 window=window, mark=min(int(x["step"]) for x in vs), mark_value=value,
+                 note="; ".join(dict.fromkeys(n for n in notes if n)))
 
 
 def leading_number(observed: str) -> Optional[float]:

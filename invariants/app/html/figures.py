@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: reports are rendered on servers and in CI
 
 from matplotlib.figure import Figure  # noqa: E402  (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from invariants.app.html.bounds import Bound  # noqa: E402
 from invariants.app.html.traces import Envelope, Points  # noqa: E402
@@ -85,12 +86,12 @@ def panels_figure(panels: Sequence[Panel], columns: int = 3) -> Figure:
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     fig = Figure()
-    axes = fig.subplots(rows, columns, squeeze=False).flat
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
     legend: Dict[str, object] = {}
     for i, (ax, panel) in enumerate(zip(axes, panels)):
         for handle, label in zip(*_draw(ax, panel, i)):
             legend.setdefault(label, handle)
-    for ax in list(axes)[len(panels):]:
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
     _layout(fig, legend, PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows, left=0.6, top=0.42, wspace=0.32,
             hspace=0.75)
@@ -148,6 +149,10 @@ def _draw(ax: object, p: Panel, i: int) -> Tuple[list, list]:
                 transform=ax.transAxes, color="#666")
     if _wide(p):
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    steps = _steps(p)
+    if steps and max(steps) - min(steps) < 2:  # a once-per-run fact: a step, not a fraction of one
+        ax.set_xlim(min(steps) - 1, max(steps) + 1)
     ax.set_xlabel("optimizer step", fontsize=7)
     return ax.get_legend_handles_labels()
 
@@ -165,9 +170,14 @@ def _envelope(ax: object, env: Envelope, i: int) -> None:
                     label=label, gid=f"envelope-{i}")
 
 
-def _last_step(p: Panel) -> int:
+def _steps(p: Panel) -> List[int]:
+    """The steps the panel has data at (the checked run, the envelope, the violation)."""
     steps = [s for s, _ in p.checked] + (list(p.envelope.steps) if p.envelope else [])
-    return max(steps, default=p.window[0] + 1)
+    return steps + ([p.mark] if p.mark is not None else [])
+
+
+def _last_step(p: Panel) -> int:
+    return max(_steps(p), default=p.window[0] + 1)
 
 
 def _wide(p: Panel) -> bool:
@@ -201,7 +211,7 @@ def blocks_figure(rows: Sequence[BlockRow], stats: Sequence[Tuple[str, str]]) ->
         values = [v for pair in refs if pair for v in pair] + [v for v in checked if v is not None]
         if _log_scale(values):
             ax.set_xscale("log")
-        elif values and min(values) >= 0 and max(values) <= 1:  # a fraction: its whole range, 0 and 1 in view
+        elif stat.endswith("_fraction"):  # a fraction (docs/observations.md): its whole range, 0 and 1 in view
             ax.set_xlim(-0.05, 1.05)
         have = [(y, pair) for y, pair in zip(ys, refs) if pair]
         if have:
