@@ -15,9 +15,13 @@ from invariants.variables import block_of, family_of
 NEVER_OBSERVED = "never_observed"
 WINDOW_NOT_REACHED = "window_not_reached"
 NOT_EVALUATED = "not_evaluated"
+NOT_APPLICABLE = "not_applicable"
 REASONS = {NEVER_OBSERVED: "variable never observed in that phase",
            WINDOW_NOT_REACHED: "step window not reached",
-           NOT_EVALUATED: "observed only outside the step window"}
+           NOT_EVALUATED: "observed only outside the step window",
+           # a built-in invariant about something this pipeline does not have (no evaluation
+           # loop, no classification loss): nothing to check, and no gap in the check
+           NOT_APPLICABLE: "built-in, about variables this pipeline does not have"}
 Coverage = Mapping[Tuple[str, str], Tuple[int, int]]  # (phase, variable) -> (first, last) step
 UNOBSERVED_HINT = ("these variables were never recorded in this run, so the invariants on them could not be "
                    "checked: the pipeline may no longer have them (a removed DataLoader or evaluation loop, "
@@ -92,23 +96,31 @@ def _span(seen: Coverage, phase: str, variable: str) -> Optional[Tuple[int, int]
     return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
 
 
-def _why_unchecked(inv: Invariant, seen: Coverage, last: int) -> Unchecked:
-    def why(reason: str, detail: str) -> Unchecked:
-        return Unchecked(inv.id, inv.severity, reason, detail, family_of(inv.target[0], inv.when.phase),
-                         inv.locus or block_of(inv.target[0]))
+def _why_unchecked(entry: Invariant, seen: Coverage, last: int) -> Unchecked:
+    cls = template(entry.template)
 
-    phase, (lo, hi) = inv.when.phase, inv.when.steps
-    first_seen = inv.support.first
+    def why(reason: str, detail: str) -> Unchecked:
+        return Unchecked(entry.id, entry.severity, reason, detail,
+                         cls.FAMILY or family_of(entry.target[0], entry.when.phase),
+                         entry.locus or (None if entry.quantified else block_of(entry.target[0])))
+
+    phase, (lo, hi) = entry.when.phase, entry.when.steps
+    first_seen = entry.support.first
+    inv = entry
+    if entry.quantified:  # judged by the first variable it matched (none: never observed)
+        inv = next((i for i in map(entry.instance, sorted({v for _, v in seen})) if i is not None
+                    and _span(seen, phase, i.target[0]) is not None), entry)
     for ph, var in zip(target_phases(inv), inv.target):
         if _span(seen, ph, var) is None:
             if first_seen is not None and last < first_seen:
                 return why(WINDOW_NOT_REACHED, f"the reference first observed it at step {first_seen}; the "
                                                f"run's last observation is at step {last}")
             where = "train or eval" if ph == "any" else ph
-            return why(NEVER_OBSERVED, f"{var} was never observed in {where}")
+            what = f"no variable matching {var} was observed" if inv.quantified else f"{var} was never observed"
+            return why(NOT_APPLICABLE if entry.origin == "builtin" else NEVER_OBSERVED, f"{what} in {where}")
     first, final = _span(seen, phase, inv.target[0])  # type: ignore[misc]
     window = f"steps {lo}-{'end' if hi is None else hi}"
-    if template(inv.template).WINDOWED and hi is not None:
+    if cls.WINDOWED and hi is not None:
         return why(WINDOW_NOT_REACHED, f"decided at step {hi}; the run's last observation is at step {last}")
     if final < lo:
         return why(WINDOW_NOT_REACHED, f"applies to {window}; {inv.target[0]} was last observed at step {final}")

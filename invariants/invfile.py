@@ -21,12 +21,12 @@ import yaml
 
 from invariants import registry
 from invariants.errors import InvarError
-from invariants.model import (ENTRY_KEYS, PHASES, SCHEMA_VERSION, SEVERITIES, STATUSES, Invariant,
-                              InvariantSet, Support, When)
+from invariants.model import (ENTRY_KEYS, ORIGINS, PHASES, SCHEMA_VERSION, SEVERITIES, STATUSES, WILDCARD,
+                              Invariant, InvariantSet, Support, When)
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 TOP_KEYS = ("schema", "meta", "invariants")
-OPTIONAL_ENTRY_KEYS = ("locus",)
+OPTIONAL_ENTRY_KEYS = ("locus", "origin")
 WHEN_KEYS = ("phase", "steps")
 SUPPORT_KEYS = ("runs", "observations", "span")
 OPTIONAL_SUPPORT_KEYS = ("first",)
@@ -286,12 +286,15 @@ class _Validator:
         locus = raw.get("locus")
         if locus is not None and not (isinstance(locus, str) and locus):
             self.fail(f"expected a module name or null (the whole run), {_got(locus)}", "locus")
+        origin = raw.get("origin", ORIGINS[0])
+        if origin not in ORIGINS:
+            self.fail(f"expected one of {', '.join(ORIGINS)} (or no origin: mined), {_got(origin)}", "origin")
         support = self.support(raw["support"])
         if not isinstance(raw["why"], str):
             self.fail(f"expected text (the invariant in words), {_got(raw['why'])}", "why")
         return Invariant(id=iid, template=raw["template"], target=target, expect=expect, when=when,
                          severity=raw["severity"], status=raw["status"], support=support,
-                         why=raw["why"], locus=locus)
+                         why=raw["why"], locus=locus, origin=origin)
 
     def template(self, name: Any) -> Any:
         if not isinstance(name, str):
@@ -318,7 +321,25 @@ class _Validator:
             if not isinstance(x, str) or not x:
                 self.fail(f"expected a variable name (see docs/observations.md), {_got(x)}",
                           f"target[{j}]")
+            if WILDCARD in x:
+                self.pattern(x, j, WILDCARD in v[0])
         return tuple(v)
+
+    def pattern(self, target: str, j: int, first_quantified: bool) -> None:
+        """A quantified target: one WILDCARD, with a fixed part to anchor it; a later
+        target's WILDCARD is bound by the first target's, so that one must have one."""
+        where = f"target[{j}]"
+        if any(c.isspace() for c in target):
+            self.fail(f"a variable name or pattern has no spaces, got {target!r}", where)
+        if target.count(WILDCARD) > 1:
+            self.fail(f"a pattern holds one {WILDCARD} (it matches one or more characters, dots "
+                      f"included), got {target!r}", where)
+        if target == WILDCARD:
+            self.fail(f"{target!r} would match every variable: name a family, e.g. "
+                      f"'block.{WILDCARD}.no_grad_fraction'", where)
+        if not first_quantified:
+            self.fail(f"{target!r} has a {WILDCARD} but target[0] has none to bind it: quantify "
+                      f"target[0] too, or name the variable", where)
 
     def expect(self, v: Any, cls: Any) -> Dict[str, Any]:
         fields = cls.EXPECT

@@ -4,6 +4,8 @@ and `invar check` evaluates. No I/O here; `invariants.invfile` reads and writes 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
@@ -19,9 +21,16 @@ def at_least(severity: str, level: str) -> bool:
     return SEVERITY_RANK.get(severity, 0) >= SEVERITY_RANK[level]
 
 STATUSES = ("proposed", "accepted", "disabled")
+# Where an entry comes from: mined from reference runs (the default, not written) or the
+# built-in set that holds for virtually every correct pipeline (invariants/builtin.py).
+ORIGINS = ("mined", "builtin")
 # The fixed order of an entry's keys in a written file.
 ENTRY_KEYS = ("id", "template", "target", "expect", "when", "severity", "status", "locus",
-              "support", "why")
+              "origin", "support", "why")
+# A target holding one WILDCARD quantifies over every observed variable it matches
+# (`block.*.no_grad_fraction`: every block); later targets with a WILDCARD take the text
+# the first target's matched (`input.c*.mean` with `input.c*.std`: the same channel).
+WILDCARD = "*"
 # meta keys people look for first; any others follow in sorted order.
 META_ORDER = ("script", "args", "runs", "steps", "seed", "created", "torch", "invar")
 
@@ -54,6 +63,16 @@ class FrozenMap(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
+
+
+@functools.lru_cache(maxsize=None)
+def target_pattern(target: str) -> Optional["re.Pattern[str]"]:
+    """The regular expression of a quantified target (its WILDCARD matches one or more
+    characters, dots included: block names have dots); None for a plain variable name."""
+    if WILDCARD not in target:
+        return None
+    head, _, tail = target.partition(WILDCARD)
+    return re.compile(re.escape(head) + "(.+)" + re.escape(tail) + r"\Z")
 
 
 def _copy_plain(v: Any) -> Any:
@@ -120,11 +139,28 @@ class Invariant:
     support: Support
     why: str
     locus: Optional[str] = None
+    origin: str = "mined"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", tuple(self.target))
         if not isinstance(self.expect, FrozenMap):
             object.__setattr__(self, "expect", FrozenMap(self.expect))
+
+    @property
+    def quantified(self) -> bool:
+        """Whether the invariant quantifies over variables (its first target has a WILDCARD)."""
+        return WILDCARD in self.target[0]
+
+    def instance(self, variable: str) -> Optional["Invariant"]:
+        """The invariant about `variable` that this quantified one stands for, if its first
+        target matches it: every WILDCARD replaced by what it matched, the id `ID[match]`;
+        None otherwise."""
+        pattern = target_pattern(self.target[0])
+        m = pattern.match(variable) if pattern is not None else None
+        if m is None:
+            return None
+        return dataclasses.replace(self, id=f"{self.id}[{m.group(1)}]",
+                                   target=tuple(t.replace(WILDCARD, m.group(1), 1) for t in self.target))
 
     def to_data(self) -> Dict[str, Any]:
         """Plain data in file order (ENTRY_KEYS; expect in the template's EXPECT order)."""
@@ -139,6 +175,7 @@ class Invariant:
             "expect": _ordered(self.expect, order),
             "when": {"phase": self.when.phase, "steps": list(self.when.steps)},
             "severity": self.severity, "status": self.status, "locus": self.locus,
+            **({} if self.origin == "mined" else {"origin": self.origin}),
             "support": {"runs": s.runs, "observations": s.observations,
                         "span": None if s.span is None else _canonical(s.span),
                         **({} if s.first is None else {"first": s.first})},

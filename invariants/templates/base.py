@@ -17,7 +17,10 @@ never branch on a template's name:
   over the step window and decided once at its end), `FIXES_VALUE` (the invariant pins
   its variable to one value, which implies any relation over it), `OPERATOR` (how a
   two-target template joins its targets in words). A windowed template is given, as its
-  one value, the list of (step, value) pairs observed in its window.
+  one value, the list of (step, value) pairs observed in its window;
+* `HISTORY`: each target is given as what the run observed of it so far in each phase
+  (a mapping phase -> values), so that evaluation can be compared with training;
+  `FAMILY`: the cause family its violations point to when it is not its variable's.
 """
 from __future__ import annotations
 
@@ -107,6 +110,8 @@ class Template:
     WINDOWED: ClassVar[bool] = False
     FIXES_VALUE: ClassVar[bool] = False
     OPERATOR: ClassVar[str] = ""  # a relation's operator in words: `a / b`
+    HISTORY: ClassVar[bool] = False
+    FAMILY: ClassVar[Optional[str]] = None
 
     @classmethod
     def fit(cls, sample: Sample, **params: Any) -> Union[Fit, Discard]:
