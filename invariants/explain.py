@@ -53,6 +53,8 @@ CAUSAL_EDGES = {
     "weight_decay": ("optimizer", "updates", "gradients", "output_scale"),
     "lr_multiplier": ("updates", "gradients", "loss_trend", "output_scale", "dead_units"),
     "gradient_clipping": ("gradients", "updates", "loss_trend", "output_scale"),
+    # a NaN or infinity anywhere spreads to everything computed from it
+    "non_finite": ("gradients", "updates", "loss_trend", "output_scale", "dead_units"),
     # what the model outputs decides its gradients (probabilities instead of logits: none)
     "output_scale": ("gradients", "updates", "loss_trend"),
     # the dynamics themselves, in the order they follow from each other
@@ -102,6 +104,9 @@ HINTS = {
     "gradient_clipping": "gradient clipping scales the gradients far more than in the reference: check "
                          "clip_grad_norm_'s max_norm against the gradient norms the model has",
     "labels": "labels differ from the reference",
+    "non_finite": "a loss, gradient or parameter is NaN or infinite: look for a log or division of zero, an "
+                  "exploding learning rate, or data holding NaN; torch.autograd.set_detect_anomaly(True) "
+                  "names the op",
     "replica_divergence": "model replicas differ across ranks after the optimizer step: look for a forward "
                           "through the unwrapped model (model.module(...)) that bypasses DDP's gradient "
                           "sync, or rank-dependent code between backward() and optimizer.step()",

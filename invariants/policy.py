@@ -45,6 +45,10 @@ LEAK_FACTOR = 10.0
 # are fitted on the reference values such a check would see.
 CHECK_SAMPLING = (5, 5)
 
+# A comparison of evaluation with training batches (templates `eval_shift`, `eval_scale`)
+# needs this many training batches before their spread says what sampling noise is.
+MIN_TRAIN_BATCHES = 3
+
 # -- spread floors ----------------------------------------------------------------------
 # The smallest spread a margin is computed from, so that a variable that never moved in the
 # reference still tolerates measurement noise.

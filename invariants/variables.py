@@ -63,6 +63,7 @@ _RULES: Tuple[Tuple[str, Optional[str], Kind], ...] = (
     (r"model\.train_mode_fraction", None, Kind("fraction", "eval_mode", "error")),
     (r"block\..+\.params", None, Kind("structure", "architecture", "error")),
     (r"block\..+\.trainable_fraction", None, Kind("fraction", "frozen", "error")),
+    (r"block\..+\.frozen_in_optimizer_fraction", None, Kind("fraction", "frozen", "error")),
     (r"block\..+\.in_optimizer_fraction", None, Kind("fraction", "not_in_optimizer", "error")),
     (r"block\..+\.no_grad_fraction", None, Kind("fraction", "no_gradient", "error")),
     # per-block optimizer settings: which blocks are weight-decayed, and their learning rate
@@ -201,6 +202,8 @@ _MEANINGS: Tuple[Tuple[str, str], ...] = (
     (r"block\.(.+)\.params", "the parameter count of block `{0}`"),
     (r"block\.(.+)\.trainable_fraction", "the fraction of block `{0}`'s parameters that are trainable"),
     (r"block\.(.+)\.in_optimizer_fraction", "the fraction of block `{0}`'s trainable parameters held by the optimizer"),
+    (r"block\.(.+)\.frozen_in_optimizer_fraction", "the fraction of block `{0}`'s frozen parameters held by an "
+                                                   "optimizer"),
     (r"block\.(.+)\.no_grad_fraction", "the fraction of block `{0}`'s trainable parameters without a gradient at optimizer.step()"),
     (r"block\.(.+)\.grad_norm", "the gradient norm of block `{0}`"),
     (r"block\.(.+)\.update_ratio", "the update ratio |dw|/|w| of block `{0}`"),

@@ -48,6 +48,9 @@ class ParameterObserver:
             prefix = f"block.{block}."
             p.value(step, "train", prefix + "params", total)
             p.value(step, "train", prefix + "trainable_fraction", n_train / total if total else 0.0)
+            if held is not None and n_train < total:  # frozen parameters handed to an optimizer
+                frozen_held = sum(q.numel() for _, q in params if not q.requires_grad and id(q) in held)
+                p.value(step, "train", prefix + "frozen_in_optimizer_fraction", frozen_held / (total - n_train))
             if not n_train:
                 continue
             in_optimizer = [(q.numel(), held[id(q)]) for _, q in trainable if id(q) in held]

@@ -1,2 +1,2 @@
 """Built-in invariant templates; importing this package registers them all."""
-from invariants.templates import basic, relational, block, temporal, envelope, graph  # noqa: F401
+from invariants.templates import basic, relational, block, temporal, envelope, graph, universal  # noqa: F401
