@@ -44,10 +44,10 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _check_html(d: Path, variant: str, name: str) -> Tuple[int, str]:
+def _check_html(d: Path, variant: str, name: str, *options: str) -> Tuple[int, str]:
     out = d / f"{name}.html"
     r = run_invar("check", str(CASE / variant), "--against", str(d / "inv.yaml"), "--store", str(d / "store"),
-                  "--format", "html", "-o", str(out))
+                  "--format", "html", "-o", str(out), *options)
     assert out.exists(), r.stderr
     return r.returncode, out.read_text(encoding="utf-8")
 
@@ -59,7 +59,7 @@ def _section(page: str, anchor: str) -> str:
 
 @pytest.fixture(scope="module")
 def bug_page(learned: Path) -> str:
-    code, page = _check_html(learned, "bug_head_after_optimizer.py", "bug")
+    code, page = _check_html(learned, "bug_head_after_optimizer.py", "bug", "--tensorboard", str(learned / "tb"))
     assert code == 1
     return page
 
@@ -97,6 +97,21 @@ def test_report_rerenders_the_stored_check_and_says_what_rendering_adds(learned:
     assert "not_in_optimizer" in again and "-envelope-" in _section(again, "violations")
     print(f"rendering adds {html_s - json_s:.2f} s to a check (invar report: html {html_s:.2f} s, "
           f"json {json_s:.2f} s; the page itself: {RENDERED.search(again).group(0)})")
+
+
+def test_check_tensorboard_writes_the_runs_scalars_and_violations(learned: Path, bug_page: str) -> None:
+    pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_id = re.search(r"run (\d{8}-\d{6}-[0-9a-f]+)", bug_page).group(1)
+    events = EventAccumulator(str(learned / "tb" / f"invar-{run_id}"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    loss = events.Scalars("train/loss.value")
+    assert [e.step for e in loss][:5] == [0, 1, 2, 3, 4] and len(loss) >= 10
+    assert "train/block.classifier.grad_norm" in events.Tags()["scalars"]
+    verdict = events.Tensors("invar/verdict/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "FAILED" in verdict and "not_in_optimizer" in verdict and "fix:" in verdict
+    first = events.Tensors("invar/violations/text_summary")[0]
+    assert first.step == 0 and b"classifier" in first.tensor_proto.string_val[0]
 
 
 # -- the browser --------------------------------------------------------------------------------

@@ -167,9 +167,29 @@ def test_review_page_plots_reference_envelopes_per_block(world: Any, tmp_path: P
     root, invs = world
     page = render_review_page(invs, str(root / "store"))
     assert "Block fc" in page and "block.fc.grad_norm (train)" in page and "-envelope-" in page
+    assert "Blocks at a glance" in page and "invariant bounds" in _section(page, "blocks")
     assert not EXTERNAL.search(page)
     bare = render_review_page(invs, str(tmp_path / "nowhere"))
     assert "no store at" in bare and "block.fc.grad_norm (train)" in bare  # the fitted span instead
+
+
+def test_the_review_page_of_many_blocks_plots_them_in_one_overview(monkeypatch: pytest.MonkeyPatch) -> None:
+    from invariants.app.html import review_page
+    from invariants.model import Invariant, Support, When
+    blocks = [f"layers.{i}" for i in range(60)]  # past the blocks that get per-step plots
+    rows = [(s, "train", f"block.{b}.grad_norm", 1.0 + 0.01 * s + 0.001 * i, None)
+            for i, b in enumerate(blocks) for s in range(30)]
+    monkeypatch.setattr(review_page, "load_traces", lambda *a: Traces(references=[RunSeries.of("r", rows)]))
+    invs = InvariantSet(1, {"script": "big.py"}, tuple(
+        Invariant(id=f"range:block.{b}.grad_norm@train", template="range", target=(f"block.{b}.grad_norm",),
+                  expect={"min": 0.5, "max": 2.0}, when=When(), severity="warning", status="proposed",
+                  support=Support(1, 30, (1.0, 1.3)), why="w", locus=b) for b in blocks))
+    started = time.perf_counter()
+    page = review_page.render_review_page(invs, "store")
+    print(f"60-block review page: {len(page) / 1024:.0f} KiB in {time.perf_counter() - started:.2f} s")
+    overview = _section(page, "blocks")
+    assert all(f">{b}<" in overview for b in blocks) and page.count("<svg") == 1  # one figure, every block
+    assert "per-step envelopes are plotted for the whole run only" in overview and len(page) < 2_000_000
 
 
 def test_a_kept_report_renders_again_by_run_id_and_from_its_json(world: Any, capsys: Any, tmp_path: Path) -> None:
@@ -240,21 +260,15 @@ def test_html_without_matplotlib_exits_2_before_anything_runs(world: Any, capsys
     assert not (root / "review.html").exists()
 
 
-def test_tensorboard_gets_the_runs_variables_and_violations(world: Any, tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard package")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from invariants.app.tensorboard_log import write_run
-    r = _check(world, **FROZEN)
-    folder = write_run(str(tmp_path / "tb"), r.to_json(), str(world[0] / "store"))
-    events = EventAccumulator(folder, size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    loss = events.Scalars("train/loss.value")
-    assert [e.step for e in loss] == list(range(STEPS)) and loss[0].value == pytest.approx(2.3)
-    tags = events.Tags()["tensors"]  # text summaries are stored as tensors
-    assert "invar/violations/text_summary" in tags and "invar/verdict/text_summary" in tags
-    verdict = events.Tensors("invar/verdict/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "FAILED" in verdict and "frozen" in verdict and "unfreeze" in verdict
+def test_tensorboard_scalars_average_a_steps_values_and_the_verdict_names_cause_and_fix(world: Any) -> None:
+    from invariants.app.tensorboard_log import scalars, verdict_text, violation_text
+    got = scalars([(3, "eval", "loss.value", 1.0, None), (3, "eval", "loss.value", 3.0, None),
+                   (0, "train", "input.shape", None, "3x8x8")])
+    assert got == {("eval", "loss.value"): {3: 2.0}}  # text is no scalar
+    doc = _check(world, **FROZEN).to_json()
+    verdict = verdict_text(doc)
+    assert verdict.startswith("**FAILED**") and "frozen" in verdict and "unfreeze" in verdict
+    assert "block.fc.trainable_fraction" in violation_text(doc["violations"][0])
 
 
 def test_run_series_keeps_every_value_of_a_step_and_averages_them() -> None:

@@ -29,7 +29,6 @@ CONTENTS = ('<nav class="note">' + " · ".join(
 MAX_PANELS = 24        # violated invariants plotted over the whole page; the rest are listed
 PANELS_PER_CAUSE = 9   # ... and per root cause, so that one cause cannot crowd out the others
 EVIDENCE_SHOWN = 12    # evidence rows shown before the rest fold away
-TALL_BLOCKS = 40       # a per-block panel with more rows scrolls in its own box
 
 
 def render_check_page(doc: Mapping[str, Any], invariants: Optional[InvariantSet], store_dir: Optional[str],
@@ -195,7 +194,7 @@ def _blocks_section(doc: Mapping[str, Any], traces: Traces, ids: Iterator[str]) 
     caption = (f"{len(rows)} blocks, training steps. Bar: the reference runs' range; dot: the checked run's median "
                f"(red: outside the reference range); ×: not observed in the checked run; red names: blocks a "
                f"violation names.")
-    return section("Blocks", [figure(svg, caption, tall=len(rows) > TALL_BLOCKS)], "blocks")
+    return section("Blocks", [figure(svg, caption, tall=len(rows) > figures.BLOCKS_IN_VIEW)], "blocks")
 
 
 def _curves_section(traces: Traces, ids: Iterator[str]) -> str:

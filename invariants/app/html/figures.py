@@ -35,6 +35,7 @@ WIDE = 100.0  # a positive series spanning more than this factor is drawn on a l
 PANEL_SIZE = (3.6, 2.4)  # inches per panel
 LEGEND_COLUMNS, LEGEND_ROW = 3, 0.17  # a figure's legend: entries per row, inches per row
 BLOCK_ROW = 0.17  # inches per block row
+BLOCKS_IN_VIEW = 40  # a per-block panel with more rows scrolls in its own box
 _STRIP = (re.compile(r"^.*?(?=<svg)", re.S), re.compile(r"<metadata>.*?</metadata>\s*", re.S),
           re.compile(r'\s+xmlns(:\w+)?="[^"]*"'))
 _IDS = re.compile(r'(\bid="|url\(#|href="#)')
@@ -60,13 +61,15 @@ class Panel:
 
 @dataclass
 class BlockRow:
-    """One block in the per-block panel: per statistic, the reference (low, high) and the
-    checked run's typical value (None: not observed); `flagged`: a violation names it."""
+    """One block in the per-block panel: per statistic, the reference (low, high), the
+    checked run's typical value (None: not observed; no key: no checked run) and the
+    invariants' bounds (low, high; None: open); `flagged`: a violation names it."""
 
     name: str
     reference: Dict[str, Tuple[float, float]]
-    checked: Dict[str, Optional[float]]
+    checked: Dict[str, Optional[float]] = field(default_factory=dict)
     flagged: bool = False
+    bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
 
 
 def to_svg(fig: Figure, prefix: str) -> str:
@@ -201,37 +204,12 @@ def blocks_figure(rows: Sequence[BlockRow], stats: Sequence[Tuple[str, str]]) ->
     labels = 0.2 + max((len(r.name) for r in rows), default=4) * font * 0.62 / 72  # inches for the names
     fig = Figure()
     axes = fig.subplots(1, len(stats), sharey=True, squeeze=False)[0]
-    ys = list(range(n))
     for j, (ax, (stat, title)) in enumerate(zip(axes, stats)):
         ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=font)
         ax.grid(axis="x", color="#eee", lw=0.6)
-        refs = [r.reference.get(stat) for r in rows]
-        checked = [r.checked.get(stat) for r in rows]
-        values = [v for pair in refs if pair for v in pair] + [v for v in checked if v is not None]
-        if _log_scale(values):
-            ax.set_xscale("log")
-        elif stat.endswith("_fraction"):  # a fraction (docs/observations.md): its whole range, 0 and 1 in view
-            ax.set_xlim(-0.05, 1.05)
-        have = [(y, pair) for y, pair in zip(ys, refs) if pair]
-        if have:
-            # lines, not bars: a range of zero width (a fraction always 1) must stay visible
-            ax.hlines([y for y, _ in have], [p[0] for _, p in have], [p[1] for _, p in have], lw=6,
-                      color=REFERENCE, label="reference runs: min–max", gid=f"blocks-ref-{j}")
-            ax.plot([p[0] for _, p in have], [y for y, _ in have], ls="none", marker="|", ms=7, mew=2.5,
-                    color=REFERENCE)
-        seen = [(y, v, refs[y]) for y, v in zip(ys, checked) if v is not None]
-        if seen:
-            colors = [CHECKED if pair and _inside(v, pair) else VIOLATION for _, v, pair in seen]
-            ax.scatter([v for _, v, _ in seen], [y for y, _, _ in seen], s=14, c=colors, zorder=3,
-                       label="checked run (median; red: outside the reference's range or not in it)",
-                       gid=f"blocks-checked-{j}")
-        missing = [y for y, v in zip(ys, checked) if v is None and refs[y]]
-        if missing and values:
-            edge = min(values) if values else 0.0
-            ax.plot([edge] * len(missing), missing, ls="none", marker="x", ms=5, color=VIOLATION,
-                    label="not observed in the checked run")
-    axes[0].set_yticks(ys, [r.name for r in rows], fontsize=font)
+        _block_column(ax, j, stat, rows)
+    axes[0].set_yticks(range(n), [r.name for r in rows], fontsize=font)
     for label, r in zip(axes[0].get_yticklabels(), rows):
         if r.flagged:
             label.set_color(VIOLATION)
@@ -243,6 +221,41 @@ def blocks_figure(rows: Sequence[BlockRow], stats: Sequence[Tuple[str, str]]) ->
             handles.setdefault(label, h)
     _layout(fig, handles, 2.4 * len(stats) + labels + 0.3, BLOCK_ROW * n + 0.2, left=labels, top=0.3, wspace=0.12)
     return fig
+
+
+def _block_column(ax: object, j: int, stat: str, rows: Sequence[BlockRow]) -> None:
+    """One statistic over the blocks: reference ranges as bars, the invariants' bounds as
+    ticks, the checked run's values as dots (× where it recorded none)."""
+    ys = range(len(rows))
+    refs = [r.reference.get(stat) for r in rows]
+    checked = [r.checked.get(stat) for r in rows]
+    limits = [(y, r.bounds[stat]) for y, r in zip(ys, rows) if stat in r.bounds]
+    values = [v for pair in refs if pair for v in pair] + [v for v in checked if v is not None]
+    if _log_scale(values):
+        ax.set_xscale("log")
+    elif stat.endswith("_fraction"):  # a fraction (docs/observations.md): its whole range, 0 and 1 in view
+        ax.set_xlim(-0.05, 1.05)
+    have = [(y, pair) for y, pair in zip(ys, refs) if pair]
+    if have:
+        # lines, not bars: a range of zero width (a fraction always 1) must stay visible
+        ax.hlines([y for y, _ in have], [p[0] for _, p in have], [p[1] for _, p in have], lw=6,
+                  color=REFERENCE, label="reference runs: min–max", gid=f"blocks-ref-{j}")
+        ax.plot([p[0] for _, p in have], [y for y, _ in have], ls="none", marker="|", ms=7, mew=2.5,
+                color=REFERENCE)
+    if limits:
+        ends = [(y, v) for y, pair in limits for v in pair if v is not None and (v > 0 or not _log_scale(values))]
+        ax.plot([v for _, v in ends], [y for y, _ in ends], ls="none", marker="|", ms=9, mew=1.2, color=BOUND,
+                label="invariant bounds")
+    seen = [(y, v, refs[y]) for y, v in zip(ys, checked) if v is not None]
+    if seen:
+        colors = [CHECKED if pair and _inside(v, pair) else VIOLATION for _, v, pair in seen]
+        ax.scatter([v for _, v, _ in seen], [y for y, _, _ in seen], s=14, c=colors, zorder=3,
+                   label="checked run (median; red: outside the reference's range or not in it)",
+                   gid=f"blocks-checked-{j}")
+    missing = [y for y, r in zip(ys, rows) if stat in r.checked and r.checked[stat] is None and refs[y]]
+    if missing and values:
+        ax.plot([min(values)] * len(missing), missing, ls="none", marker="x", ms=5, color=VIOLATION,
+                label="not observed in the checked run")
 
 
 def _inside(v: float, pair: Tuple[float, float]) -> bool:

@@ -13,13 +13,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from invariants.app.html import figures
 from invariants.app.html.bounds import Bound, Context, bounds, numeric_span
-from invariants.app.html.evidence import SPAN_ON_VALUE_SCALE
+from invariants.app.html.evidence import BLOCK_STATS, SPAN_ON_VALUE_SCALE
 from invariants.app.html.page import document, esc, figure, footer, paragraph, section, table
 from invariants.app.html.traces import Traces, load_traces
 from invariants.model import SEVERITIES, STATUSES, Invariant, InvariantSet
 from invariants.review import WHOLE_RUN, expect_text, support_text
 
 PANELS_PER_BLOCK = 8   # varying variables plotted per block: the rest are in the tables
+BLOCKS_PLOTTED_PER_STEP = 24  # more blocks, and only the overview plots them (a figure each would cost minutes)
 PANELS_WHOLE_RUN = 16  # ... and for the whole run, which has many more
 META_SHOWN = ("script", "args", "runs", "steps", "created", "torch", "invar")
 
@@ -31,8 +32,12 @@ def render_review_page(invariants: InvariantSet, store_dir: Optional[str]) -> st
     script = invariants.meta.get("script")
     body = [f"<h1>Invariants for <code>{esc(script)}</code></h1>" if script else "<h1>Invariants</h1>",
             _meta(invariants), _summary(invariants)]
-    for locus, invs in _by_block(invariants.invariants):
-        body.append(_block_section(locus, invs, traces, ids))
+    groups = _by_block(invariants.invariants)
+    blocks = [locus for locus, _ in groups if locus is not None]
+    body.append(_overview(invariants, traces, blocks, ids))
+    step_plots = len(blocks) <= BLOCKS_PLOTTED_PER_STEP
+    for locus, invs in groups:
+        body.append(_block_section(locus, invs, traces, ids, plots=step_plots or locus is None))
     plotted = f"reference runs plotted: {len(traces.references)} of {len(invariants.meta.get('run_ids') or [])}"
     body.append(footer([f"{plotted}; store: {store_dir or 'none'}", *traces.notes]))
     return document(f"invar review: {script or 'invariants'}", body)
@@ -70,10 +75,47 @@ def _by_block(invs: Sequence[Invariant]) -> List[Tuple[Optional[str], List[Invar
     return [(locus, list(group)) for locus, group in itertools.groupby(ordered, key=lambda i: i.locus)]
 
 
-def _block_section(locus: Optional[str], invs: List[Invariant], traces: Traces, ids: Iterator[str]) -> str:
+def _overview(invariants: InvariantSet, traces: Traces, blocks: List[str], ids: Iterator[str]) -> str:
+    """Every block in one figure: per statistic, the reference runs' range and the bounds."""
+    rows = []
+    for name in blocks:
+        row = figures.BlockRow(name, {})
+        for stat, _ in BLOCK_STATS:
+            variable = f"block.{name}.{stat}"
+            ref = traces.reference_values("train", variable)
+            on_it = [i for i in invariants.invariants if i.target[0] == variable and i.when.phase in ("train", "any")]
+            spans = [numeric_span(i.support.span) for i in on_it if i.template in SPAN_ON_VALUE_SCALE]
+            span = (min(ref), max(ref)) if ref else max((x for x in spans if x), key=lambda x: x[1] - x[0],
+                                                        default=None)
+            if span is not None:
+                row.reference[stat] = span
+            limits = [_limits(i) for i in on_it if i.template in SPAN_ON_VALUE_SCALE - {"level"}]
+            limits = [x for x in limits if x is not None]
+            if limits:  # every invariant must hold: the tightest of their bounds
+                row.bounds[stat] = (max(lo for lo, _ in limits), min(hi for _, hi in limits))
+        if row.reference:
+            rows.append(row)
+    if not rows:
+        return ""
+    svg = figures.to_svg(figures.blocks_figure(rows, BLOCK_STATS), next(ids))
+    step = ("" if len(blocks) <= BLOCKS_PLOTTED_PER_STEP else
+            f" With {len(blocks)} blocks, per-step envelopes are plotted for the whole run only.")
+    caption = (f"{len(rows)} blocks. Bar: the reference runs' range over all steps (without them: the span the "
+               f"invariants were fitted on); red ticks: the invariants' bounds.{step}")
+    return section("Blocks at a glance", [figure(svg, caption, tall=len(rows) > figures.BLOCKS_IN_VIEW)], "blocks")
+
+
+def _limits(inv: Invariant) -> Optional[Tuple[float, float]]:
+    """The lowest and highest value an invariant's constant bound lines allow (None: none)."""
+    values = [b.value for b in bounds(inv.template, inv.expect, Context([])) or [] if b.value is not None]
+    return (min(values), max(values)) if values else None
+
+
+def _block_section(locus: Optional[str], invs: List[Invariant], traces: Traces, ids: Iterator[str],
+                   plots: bool = True) -> str:
     title = WHOLE_RUN if locus is None else f"block {locus}"
     parts = []
-    panels = _panels(invs, traces)
+    panels = _panels(invs, traces) if plots else []
     if panels:
         shown = panels[:PANELS_WHOLE_RUN if locus is None else PANELS_PER_BLOCK]
         svg = figures.to_svg(figures.panels_figure(shown, columns=4 if len(shown) > 6 else 3), next(ids))
