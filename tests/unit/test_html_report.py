@@ -271,6 +271,17 @@ def test_tensorboard_scalars_average_a_steps_values_and_the_verdict_names_cause_
     assert "block.fc.trainable_fraction" in violation_text(doc["violations"][0])
 
 
+def test_an_instance_of_a_quantified_invariant_is_drawn_with_the_entrys_bound(world: Any) -> None:
+    from invariants.app.html.evidence import invariant_of, violation_panel
+    root, invs = world
+    entry = next(i for i in invs.invariants if i.template == "all_none")
+    by_id = invs.by_id()
+    assert invariant_of(f"{entry.id}[fc]", by_id) is entry and invariant_of(f"{entry.id}[fc", by_id) is None
+    v = {"id": f"{entry.id}[fc]", "target": list(entry.target), "phase": "train", "step": 0, "observed": "0"}
+    panel = violation_panel([v], by_id, Traces())
+    assert panel is not None and panel.bounds and panel.mark_value == 0.0
+
+
 def test_run_series_keeps_every_value_of_a_step_and_averages_them() -> None:
     s = RunSeries.of("r", [(3, "eval", "loss.value", 1.0, None), (3, "eval", "loss.value", 3.0, None),
                            (0, "train", "input.shape", None, "3x8x8")])

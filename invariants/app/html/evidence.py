@@ -43,7 +43,7 @@ def violation_panel(vs: Sequence[Mapping[str, Any]], invs: Mapping[str, Invarian
     checked = traces.checked_points(phase, variable)
     envelope = traces.envelope(phase, variable)
     span, lines, notes, window = None, [], [], (0, None)
-    known = [invs[x["id"]] for x in vs if x["id"] in invs]
+    known = [inv for inv in (invariant_of(x["id"], invs) for x in vs) if inv is not None]
     for inv in known:
         window = tuple(known[0].when.steps)
         if envelope is None and span is None and inv.template in SPAN_ON_VALUE_SCALE:
@@ -63,6 +63,15 @@ def violation_panel(vs: Sequence[Mapping[str, Any]], invs: Mapping[str, Invarian
     return Panel(title=title, checked=checked, raw=raw, envelope=envelope, span=span, bounds=lines,
                  window=window, mark=min(int(x["step"]) for x in vs), mark_value=value,
                  note="; ".join(dict.fromkeys(n for n in notes if n)))
+
+
+def invariant_of(violation_id: str, invs: Mapping[str, Invariant]) -> Optional[Invariant]:
+    """The invariant a violation is of: by its id, or for an instance of an invariant that
+    quantifies over variables (`ID[layer2.0]`, invariants/check.py) by the entry's id."""
+    if violation_id in invs:
+        return invs[violation_id]
+    entry, bracket, _ = violation_id.partition("[")
+    return invs.get(entry) if bracket and violation_id.endswith("]") else None
 
 
 def leading_number(observed: str) -> Optional[float]:

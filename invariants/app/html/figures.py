@@ -248,7 +248,8 @@ def _block_column(ax: object, j: int, stat: str, rows: Sequence[BlockRow]) -> No
                 label="invariant bounds")
     seen = [(y, v, refs[y]) for y, v in zip(ys, checked) if v is not None]
     if seen:
-        colors = [CHECKED if pair and _inside(v, pair) else VIOLATION for _, v, pair in seen]
+        compared = any(refs)  # with no reference at all (built-in invariants) nothing is outside it
+        colors = [VIOLATION if compared and not (pair and _inside(v, pair)) else CHECKED for _, v, pair in seen]
         ax.scatter([v for _, v, _ in seen], [y for y, _, _ in seen], s=14, c=colors, zorder=3,
                    label="checked run (median; red: outside the reference's range or not in it)",
                    gid=f"blocks-checked-{j}")
