@@ -1,8 +1,9 @@
 """Partition a root model's parameters into blocks (module prefixes) for per-block variables."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +27,28 @@ class BlockMap:
     params: Dict[str, List[Tuple[str, nn.Parameter]]]
 
 
+COMPILED_ATTRIBUTE = "_orig_mod"  # torch.compile's OptimizedModule holds the model it compiles here
+
+
+def compiled_original(module: nn.Module) -> Optional[nn.Module]:
+    """The model a `torch.compile` wrapper (OptimizedModule) compiles, else None. (No
+    wrapper exists unless torch._dynamo was imported, so nothing is imported here.)"""
+    frame = sys.modules.get("torch._dynamo.eval_frame")
+    optimized = getattr(frame, "OptimizedModule", None)
+    if optimized is not None and isinstance(module, optimized):
+        inner = getattr(module, COMPILED_ATTRIBUTE, None)
+        return inner if isinstance(inner, nn.Module) else None
+    return None
+
+
+def clean_name(name: str) -> str:
+    """A module or parameter name without torch.compile's `_orig_mod` levels, so a compiled
+    submodule's blocks are named as in the eager model (invariants transfer between both)."""
+    if COMPILED_ATTRIBUTE not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != COMPILED_ATTRIBUTE)
+
+
 def block_prefixes(root: nn.Module, depth: int = 1) -> List[str]:
     """Module prefixes at `depth` levels below the root, descending through containers.
 
@@ -37,6 +60,9 @@ def block_prefixes(root: nn.Module, depth: int = 1) -> List[str]:
     def walk(module: nn.Module, prefix: str, level: int) -> None:
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
+            inner = compiled_original(child)
+            if inner is not None:  # a compiled submodule is named as the module it compiles
+                child = inner
             if isinstance(child, CONTAINERS) and any(True for _ in child.children()):
                 walk(child, full, level)
             elif level + 1 < depth and any(True for _ in child.children()):
@@ -56,6 +82,7 @@ def block_map(root: nn.Module, depth: int = 1) -> BlockMap:
     prefixes = sorted(block_prefixes(root, depth), key=len, reverse=True)
     params: Dict[str, List[Tuple[str, nn.Parameter]]] = {}
     for name, p in root.named_parameters():
+        name = clean_name(name)
         block = next((b for b in prefixes if name.startswith(b + ".")), ROOT_BLOCK)
         params.setdefault(block, []).append((name, p))
     order = [b for b in block_prefixes(root, depth) if b in params]

@@ -70,9 +70,9 @@ def primary_input(args: tuple, kwargs: Mapping[str, Any] = _EMPTY) -> Optional[t
 
 def named_inputs(kwargs: Mapping[str, Any], primary: Optional[torch.Tensor]) -> List[Tuple[str, torch.Tensor]]:
     """The call's other keyword tensors (`attention_mask`, `token_type_ids`, ...), by name;
-    labels are not inputs."""
-    out = [(k, v) for k, v in kwargs.items()
-           if isinstance(v, torch.Tensor) and v is not primary and k not in LABEL_KEYS and k.isidentifier()]
+    labels are not inputs, nor are scalars (counts such as HF's `num_items_in_batch`)."""
+    out = [(k, v) for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim() and v is not primary
+           and k not in LABEL_KEYS and k.isidentifier()]
     return out[:MAX_NAMED_INPUTS]
 
 

@@ -47,6 +47,11 @@ class LoaderObserver:
         """The loader whose batch was fetched last (None: none, or it is gone)."""
         return self._loaders.get(self._current_id) if self._current_id is not None else None
 
+    def current_batch_size(self) -> Optional[int]:
+        """The batch size of the loader being consumed (None: none, or no fixed size)."""
+        loader = self.current()
+        return datamod.loader_batch_size(loader) if loader is not None else None
+
     def current_role(self) -> Optional[str]:
         return self._roles.get(self._current_id) if self._current_id is not None else None
 

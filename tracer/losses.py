@@ -1,9 +1,13 @@
 """Losses, the class scores a classification loss gets, and the labels (docs/observations.md:
 `loss.*`, `label.*`).
 
-A loss is observed where it is computed, outside the root model's forward, in the phase of
-the root call before it: in training, the step's first loss and its first classification
-loss (a model may have several); in evaluation, every one.
+A loss is observed where it is computed, in the script or inside the root model's forward
+(HF models given `labels=`, GPT-style models given targets), in the phase of the root call
+it belongs to: in training, the step's first loss and its first classification loss (a
+model may have several); in evaluation, every one. A training step whose loss no loss
+function computed (a custom loss) takes its value from the tensor `backward()` was called
+on. (A loss function's value is preferred: a script that scales the loss before backward,
+for gradient accumulation or mixed precision, does not change what its loss is.)
 """
 from __future__ import annotations
 
@@ -26,9 +30,13 @@ class LossObserver:
         self._label_max: Optional[torch.Tensor] = None
         self._labels_counted = 0
         self._train_seen: Set[str] = set()  # "loss", "cls": recorded in this training step
+        self._call_valued = False  # a loss value was recorded since the last root call
 
     def next_step(self) -> None:
         self._train_seen.clear()
+
+    def root_called(self) -> None:
+        self._call_valued = False
 
     def on_loss(self, p: Pending, step: int, phase: str, name: str, pair: tuple, result: Any,
                 train_classes: Optional[int]) -> None:
@@ -47,12 +55,26 @@ class LossObserver:
             if isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
                 p.value(step, phase, "loss.broadcast", stats.broadcast_larger(inp.shape, target.shape))
             if isinstance(result, torch.Tensor) and result.numel() > 0:
-                p.tensor(result.detach().float().mean(),
-                         lambda v, step=step, phase=phase: [row(step, phase, "loss.value", v[0])])
+                self._value(p, step, phase, result)
         if cls and isinstance(inp, torch.Tensor) and isinstance(target, torch.Tensor):
             if train:
                 self._train_seen.add("cls")
             self._classification(p, step, phase, inp, target, train_classes)
+
+    def on_backward(self, p: Pending, step: int, phase: str, tensors: Any) -> None:
+        """`backward()` was called on `tensors`: the loss value, when no loss function gave
+        one for this step (training) or root call (a provisional one, in eval mode)."""
+        loss = tensors if isinstance(tensors, torch.Tensor) else next(
+            (t for t in tensors if isinstance(t, torch.Tensor)), None) if isinstance(tensors, (tuple, list)) else None
+        if loss is None or not loss.numel() or self._call_valued or "loss" in self._train_seen:
+            return
+        if phase == "train":
+            self._train_seen.add("loss")
+        self._value(p, step, phase, loss)
+
+    def _value(self, p: Pending, step: int, phase: str, loss: torch.Tensor) -> None:
+        self._call_valued = True
+        p.tensor(loss.detach().float().mean(), lambda v: [row(step, phase, "loss.value", v[0])])
 
     def _classification(self, p: Pending, step: int, phase: str, scores: torch.Tensor,
                         target: torch.Tensor, train_classes: Optional[int]) -> None:

@@ -32,15 +32,17 @@ class ParameterObserver:
             self._cache = (key, block_map(root, self.depth))
         return self._cache[1]
 
-    def before_step(self, p: Pending, step: int, root: nn.Module, held: Mapping[int, Tuple[float, float]],
-                    snapshot: bool) -> None:
+    def before_step(self, p: Pending, step: int, root: nn.Module,
+                    held: Optional[Mapping[int, Tuple[float, float]]], snapshot: bool) -> None:
         """Block structure, optimizer settings per block and gradients; `held` maps every
-        parameter an optimizer holds to its group's (weight decay, learning rate). With
-        `snapshot`, copies the parameters the optimizer is about to update (update ratio)."""
+        parameter an optimizer holds to its group's (weight decay, learning rate), None when
+        the script updates the parameters itself (no torch.optim: no optimizer settings, and
+        every parameter with a gradient is updated). With `snapshot`, copies the parameters
+        about to be updated (update ratio)."""
         bm = self.blocks(root)
         grads: List[torch.Tensor] = []
         layout: Layout = []
-        lr_max = max((lr for _, lr in held.values()), default=0.0)
+        lr_max = max((lr for _, lr in held.values()), default=0.0) if held is not None else 0.0
         for block in bm.names:
             params = bm.params[block]
             trainable = [(n, q) for n, q in params if q.requires_grad]
@@ -53,16 +55,8 @@ class ParameterObserver:
                 p.value(step, "train", prefix + "frozen_in_optimizer_fraction", frozen_held / (total - n_train))
             if not n_train:
                 continue
-            in_optimizer = [(q.numel(), held[id(q)]) for _, q in trainable if id(q) in held]
-            n_held = sum(n for n, _ in in_optimizer)
-            p.value(step, "train", prefix + "in_optimizer_fraction", n_held / n_train)
-            if n_held:
-                # which share of the block is weight-decayed, and its rate against the largest
-                decayed = sum(n for n, (wd, _) in in_optimizer if wd > 0)
-                p.value(step, "train", prefix + "decay_fraction", decayed / n_held)
-                if lr_max > 0:
-                    rate = sum(n * lr for n, (_, lr) in in_optimizer) / n_held
-                    p.value(step, "train", prefix + "lr_scale", rate / lr_max)
+            if held is not None:
+                _optimizer_settings(p, step, prefix, trainable, n_train, held, lr_max)
             entries = []
             for _, q in trainable:
                 if q.grad is None:
@@ -76,7 +70,7 @@ class ParameterObserver:
         else:
             p.rows.extend(_grad_rows(step, layout, []))
         snap = [(block, q) for block in bm.names for _, q in bm.params[block]
-                if q.requires_grad and q.grad is not None and id(q) in held]
+                if q.requires_grad and q.grad is not None and (held is None or id(q) in held)]
         if snap and snapshot:
             with torch.no_grad():
                 self._snapshot = ([q.detach().clone() for _, q in snap], [q for _, q in snap],
@@ -119,10 +113,17 @@ class OptimizerObserver:
     def zero_grad_called(self) -> None:
         self._zero_grad_calls += 1
 
-    def record_zero_grads(self, p: Pending, step: int) -> None:
+    def take_zero_grads(self) -> int:
+        """The `zero_grad()` calls since the previous step's gradients were final (a
+        closure's own for its step), and a new count begins."""
+        n, self._zero_grad_calls = self._zero_grad_calls, 0
+        return n
+
+    @staticmethod
+    def record_zero_grads(p: Pending, step: int, calls: int) -> None:
         # From step 1: zero_grad() may come before or after the forward, not at step 0.
         if step > 0:
-            p.value(step, "train", "optim.zero_grad_calls", self._zero_grad_calls)
+            p.value(step, "train", "optim.zero_grad_calls", calls)
 
     def before_step(self, p: Pending, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Type and hyperparameters; the learning rate as a fraction of its peak so far."""
@@ -133,7 +134,7 @@ class OptimizerObserver:
             p.value(step, "train", "optim.lr_fraction_of_peak", lr / self._lr_peak)
 
     def next_step(self) -> None:
-        self._zero_grad_calls = 0
+        """Nothing: the zero_grad count restarts when it is taken (`take_zero_grads`)."""
 
 
 def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> Optional[float]:
@@ -161,6 +162,21 @@ def optimizer_stats(p: Pending, step: int, optimizer: torch.optim.Optimizer) -> 
     if lrs:
         p.value(step, "train", "optim.lr_max", max(lrs))
     return max(lrs) if lrs else None
+
+
+def _optimizer_settings(p: Pending, step: int, prefix: str, trainable: List[Tuple[str, nn.Parameter]],
+                        n_train: int, held: Mapping[int, Tuple[float, float]], lr_max: float) -> None:
+    """Which share of a block's trainable parameters an optimizer holds; of those, which
+    share is weight-decayed and their learning rate against the optimizer's largest."""
+    in_optimizer = [(q.numel(), held[id(q)]) for _, q in trainable if id(q) in held]
+    n_held = sum(n for n, _ in in_optimizer)
+    p.value(step, "train", prefix + "in_optimizer_fraction", n_held / n_train)
+    if n_held:
+        decayed = sum(n for n, (wd, _) in in_optimizer if wd > 0)
+        p.value(step, "train", prefix + "decay_fraction", decayed / n_held)
+        if lr_max > 0:
+            rate = sum(n * lr for n, (_, lr) in in_optimizer) / n_held
+            p.value(step, "train", prefix + "lr_scale", rate / lr_max)
 
 
 def _grad_rows(step: int, layout: Layout, norms: List[float]) -> List[Row]:

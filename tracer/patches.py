@@ -2,6 +2,9 @@
 
 Each patch is installed inside a session's ExitStack and removed when it exits, error or
 not; the wrappers call the original first-class and never change arguments or results.
+While torch.compile compiles (dynamo's tracing, AOTAutograd, the backend), every wrapper
+is the original alone: the compiled graph is the one an untraced run gets, and nothing of
+the tracer runs inside it.
 """
 from __future__ import annotations
 
@@ -24,14 +27,35 @@ LOSS_FUNCTIONS = (
 CLASSIFICATION_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
 
 
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_compiler = torch.compiler
+
+
+def compiling() -> bool:
+    """Whether torch.compile or torch.export is at work: dynamo tracing (which reads
+    `is_dynamo_compiling()` as True and so never reads the flag: no guard on it), or the
+    rest of a compile session (AOTAutograd retracing the graph, the backend), when torch
+    sets `_is_compiling_flag`. Cheaper than `torch.compiler.is_compiling()`, which every
+    module call of a traced run would pay for."""
+    return _is_dynamo_compiling() or _compiler._is_compiling_flag
+
+
+def _transparent_when_compiling(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return original(*args, **kwargs)
+        return wrapper(*args, **kwargs)
+    return traced
+
+
 @contextlib.contextmanager
 def patched(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
-    """Replaces `owner.name` by `make(original)` for the duration of the block. An
-    attribute a class only inherits (`Tensor.relu` lives on its C base) is shadowed on the
-    class and the shadow removed afterwards."""
+    """Replaces `owner.name` by `make(original)` for the duration of the block (the
+    original alone while dynamo traces). An attribute a class only inherits (`Tensor.relu`
+    lives on its C base) is shadowed on the class and the shadow removed afterwards."""
     inherited = isinstance(owner, type) and name not in owner.__dict__
     original = getattr(owner, name) if inherited or not isinstance(owner, type) else owner.__dict__[name]
-    wrapper = make(original)
+    wrapper = _transparent_when_compiling(original, make(original))
     if callable(original) and not isinstance(original, (staticmethod, classmethod)):
         with contextlib.suppress(AttributeError, TypeError):
             functools.update_wrapper(wrapper, original)
@@ -219,3 +243,29 @@ def clip_patches(stack: contextlib.ExitStack, on_clip: Callable[[Any, Any], None
             return clip_grad_norm_
 
         stack.enter_context(patched(owner, name, make))
+
+
+def backward_patches(stack: contextlib.ExitStack, on_start: Callable[[], None],
+                     on_end: Callable[[Any], None]) -> None:
+    """Wraps `Tensor.backward` and `torch.autograd.backward` (the first calls the second:
+    only the outermost call counts); `on_start()` before a backward, `on_end(tensors)` after
+    it returned, with the tensor(s) it was called on (the loss)."""
+    depth = [0]
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return original(*args, **kwargs)
+            tensors = args[0] if args else kwargs.get("tensors", kwargs.get("self"))
+            on_start()
+            depth[0] += 1
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+            on_end(tensors)
+            return result
+        return backward
+
+    stack.enter_context(patched(torch.Tensor, "backward", make))
+    stack.enter_context(patched(torch.autograd, "backward", make))

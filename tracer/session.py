@@ -6,7 +6,10 @@ job each: the root model and optimizers (root.py), the train/eval phase of each 
 (phase.py), the model's input and output (model_io.py), losses and labels (losses.py),
 activations (activations.py), parameters and the optimizer (params.py), loaders and
 datasets (loaders.py), step cost (cost.py), and then to the extensions it was given
-(extension.py: the static phase, graph capture, the cross-rank comparison, ...).
+(extension.py: the static phase, graph capture, the cross-rank comparison, ...). When a
+training step's gradients are final and its update applied is found by steps.py; what is
+observed then is `_before_update` and `_after_update` below. What it observes is set by a
+TraceConfig (config.py, re-exported here with the exceptions that end a traced script).
 
 The session observes, never changes: no RNG is consumed, no tensor is moved or modified,
 no mode or `requires_grad` flag is touched, and an exception inside an observer is
@@ -17,7 +20,6 @@ flush (see pending.py, stats.py).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
@@ -27,43 +29,20 @@ from torch.utils.data import DataLoader
 
 from tracer.activations import ActivationObserver
 from tracer.calls import call_kwargs
+from tracer.config import StepBudgetReached, StopRequested, TraceConfig
 from tracer.cost import StepCost
 from tracer.extension import EVENTS, Extension, overriding
 from tracer.loaders import LoaderObserver
 from tracer.losses import LossObserver
 from tracer.model_io import ModelIO
 from tracer.params import ClipObserver, OptimizerObserver, ParameterObserver
-from tracer.patches import (clip_patches, dropout_patches, jit_patches, loader_patches, loss_patches,
-                            optimizer_patches,
-                            relu_patches)
+from tracer.patches import (backward_patches, clip_patches, compiling, dropout_patches, jit_patches,
+                            loader_patches, loss_patches, optimizer_patches, relu_patches)
 from tracer.pending import Pending, Row
 from tracer.phase import PhaseMachine, RootCall
-from tracer.root import RootTracker
+from tracer.root import UNOBSERVED_WHEN_COMPILED, RootTracker
+from tracer.steps import StepBoundaries
 
-
-class StepBudgetReached(BaseException):
-    """Ends the traced script after the requested number of optimizer steps.
-
-    A BaseException so that a script's own `except Exception` cannot swallow it."""
-
-
-class StopRequested(BaseException):
-    """Ends the traced script because a listener or an extension asked (e.g. `check
-    --fail-fast`, `invar shapes`)."""
-
-
-@dataclass(frozen=True)
-class TraceConfig:
-    """What to observe and how densely."""
-
-    steps: int = 0            # optimizer steps before the run is ended; 0: run to the end
-    dense_steps: int = 50     # every step below this is observed ...
-    sample_every: int = 10    # ... then every sample_every-th step
-    eval_batches: int = 4     # eval batches observed per eval pass
-    block_depth: int = 1      # module levels below the root that form blocks
-    activations: bool = True  # dead-unit fraction and range per activation module
-    detail_every: int = 5     # activation and update-ratio statistics every N-th observed step
-    lift_hooks: bool = True   # no module hooks during unobserved training steps (faster)
 
 
 class TraceSession:
@@ -99,12 +78,14 @@ class TraceSession:
         self._optim = OptimizerObserver()
         self._clip = ClipObserver()
         self._cost = StepCost()
+        self._steps = StepBoundaries(self._before_update, self._after_update)
         # Dispatch state of the module hooks: nesting depth, whether the root's forward is
         # running and which of its modules, and the root call being recorded.
         self._depth = 0
         self._in_root = False
         self._mstack: List[nn.Module] = []
         self._recording: Optional[RootCall] = None
+        self._call_losses: List[int] = []  # ids of what loss functions returned inside the root call
         self._first_call_done = False
         # The global module hooks are lifted for the forward and backward of a training step
         # that is not observed (every module call is slower while any global hook exists) and
@@ -126,6 +107,7 @@ class TraceSession:
         dropout_patches(s, self._dropout_applied)
         relu_patches(s, self._on_relu)
         clip_patches(s, self._on_clip)
+        backward_patches(s, self._backward_started, self._backward_ended)
         jit_patches(s)  # last: it suspends every patch above while TorchScript compiles
         self._stack = s
         return self
@@ -134,6 +116,7 @@ class TraceSession:
         assert self._stack is not None
         self._stack.close()
         self._stack = None
+        self._steps.end()
         self._notify("on_end")
         self.flush()
 
@@ -233,40 +216,53 @@ class TraceSession:
         self._depth, self._in_root, self._mstack, self._recording = 0, False, [], None
 
     def _pre_forward(self, module: nn.Module, args: tuple) -> None:
-        if self._quiet:
+        # dynamo traces hooks into the compiled graph: first, before any state is read
+        if compiling() or self._quiet:
             return
         self._depth += 1
         if self._in_root:
             self._mstack.append(module)
         elif self._depth == 1:
-            if self._roots.root is None and self._roots.has_optimizers():
-                self._guard("root", self._roots.consider, module)
-            if module is self._roots.root:
-                self._root_called(module, args, call_kwargs())
+            if self._roots.root is None:
+                if self._roots.has_optimizers():
+                    self._guard("root", self._roots.consider, module)
+                elif torch.is_grad_enabled():
+                    self._guard("root", self._roots.candidate, module)
+            if self._roots.is_root_call(module):
+                self._steps.script_continues()  # a step without torch.optim had its update
+                self._root_called(self._roots.root, args, call_kwargs())
 
     def _root_called(self, root: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> None:
         self._in_root = True
         self._mstack = [root]
+        self._call_losses = []
         self._activations.root_called()
+        self._losses.root_called()
         call = self._guard("phase", self._phase_machine.begin, root, self._loaders, self.observed(self.step))
         if not self._first_call_done:
             self._first_call_done = True
             self._cost.restart()
+            if self._roots.compiled:
+                self._pending.value(self.step, "train", "tracer.unobserved", UNOBSERVED_WHEN_COMPILED)
             self._notify("on_first_call", root, args, kwargs)
+        self._model_io.sees_inside = not self._roots.compiled
         if call is not None and call.recorded:
             self._recording = call
             step = self.step
             if call.phase == "eval" and not call.provisional:
                 self._guard("data", self._loaders.examine_late, self._pending, step)
-            self._guard("input", self._model_io.on_input, call.out, step, call.phase, root, args, kwargs)
+            self._guard("input", self._model_io.on_input, call.out, step, call.phase, root, args, kwargs,
+                        self._loaders.current_batch_size())
             if not call.provisional:
                 self._guard("loader", self._loaders.on_model_call, call.out, step, call.phase)
-        elif call is not None and call.phase == "train" and self.config.lift_hooks:
-            self._pause_module_hooks()  # nothing of this step's forward is recorded
+        elif call is not None and call.phase == "train" and self.config.lift_hooks and not self._roots.compiled:
+            # nothing of this step's forward is recorded (a compiled model calls no module
+            # hooks inside: nothing to save, and dynamo would recompile for each toggle)
+            self._pause_module_hooks()
         self._notify("on_input", root, args, kwargs)
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._quiet:
+        if compiling() or self._quiet:
             return
         self._depth = max(0, self._depth - 1)
         if not self._in_root:
@@ -274,12 +270,14 @@ class TraceSession:
         if self._mstack and self._mstack[-1] is module:
             self._mstack.pop()
         call = self._recording
-        if self._depth == 0 and module is self._roots.root:
+        if self._depth == 0 and self._roots.is_root_call(module):
             self._in_root = False
             self._mstack = []
+            root = self._roots.root
             if call is not None:
-                self._guard("output", self._model_io.on_output, call.out, self.step, call.phase, output)
-                self._notify("on_output", module, output)
+                self._guard("output", self._model_io.on_output, call.out, self.step, call.phase, output,
+                            tuple(self._call_losses))
+                self._notify("on_output", root, output)
             self._recording = None
             return
         if call is not None:
@@ -308,8 +306,10 @@ class TraceSession:
             self._notify("on_loss", name, pair, result)
 
     def _loss(self, name: str, pair: tuple, result: Any) -> None:
-        if self._in_root or self._roots.root is None:
+        if self._roots.root is None:
             return
+        if self._in_root:  # a loss the model computes itself (HF `labels=`, GPT-style `targets`)
+            self._call_losses.append(id(result))
         call = self._phase_machine.current  # a loss belongs to the root call before it
         if call.phase == "train" and not self.observed(self.step):
             # an unobserved training step still counts its labels (the class count needs many)
@@ -337,36 +337,62 @@ class TraceSession:
         if self._module_hooks is None:
             self._resume_module_hooks()
 
+    # -- backward ---------------------------------------------------------------------
+    def _backward_started(self) -> None:
+        if not self._quiet:
+            self._steps.script_continues()  # a step without torch.optim had its update
+
+    def _backward_ended(self, tensors: Any) -> None:
+        if self._quiet:
+            return
+        own_updates = not self._roots.has_optimizers()  # no torch.optim: the script updates
+        if own_updates and self._roots.root is None:
+            self._guard("root", self._roots.adopt_candidate)
+        if self._roots.root is None:
+            return
+        call = self._phase_machine.current
+        if call.phase != "train" or self.observed(self.step):
+            self._guard("loss", self._losses.on_backward, call.out, self.step, call.phase, tensors)
+        if own_updates:
+            self._resume_module_hooks()  # what follows the update (the next batch) is observed
+            self._steps.backward_ended()
+
     # -- optimizer steps --------------------------------------------------------------
-    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
+        if compiling():
+            return None
         self._resume_module_hooks()  # whatever follows the step (evaluation) is observed
         if self._quiet or not self._roots.is_primary(optimizer):
-            return
-        self._before_update(optimizer)
+            return None
+        return self._steps.pre_step(optimizer, args, kwargs)
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._quiet or not self._roots.is_primary(optimizer):
+        if compiling() or self._quiet or not self._roots.is_primary(optimizer):
             return
-        self._after_update(optimizer)
+        self._steps.post_step(optimizer)
 
-    def _before_update(self, optimizer: torch.optim.Optimizer) -> None:
-        """A training step's gradients are final and its update is about to be applied."""
+    def _before_update(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """A training step's gradients are final and its update is about to be applied
+        (`optimizer` None: by the script itself, without torch.optim; tracer/steps.py)."""
         step, p, observed = self.step, self._pending, self.observed(self.step)
         self._guard("phase", self._phase_machine.decide_at_step, observed)
+        zero_grads = self._optim.take_zero_grads()
         if not observed:
             return
-        self._optim.record_zero_grads(p, step)
+        self._optim.record_zero_grads(p, step, zero_grads)
         root = self._roots.root
         if root is not None:
-            self._guard("blocks", self._params.before_step, p, step, root, self._roots.param_groups(),
-                        self._detailed(step))
-        self._guard("optimizer", self._optim.before_step, p, step, optimizer)
+            held = self._roots.param_groups() if optimizer is not None else None
+            self._guard("blocks", self._params.before_step, p, step, root, held, self._detailed(step))
+        if optimizer is not None:
+            self._guard("optimizer", self._optim.before_step, p, step, optimizer)
         self._guard("loader", self._loaders.on_train_step, p, step)
         self._guard("data", self._loaders.examine_train, p, step)
 
-    def _after_update(self, optimizer: torch.optim.Optimizer) -> None:
+    def _after_update(self, optimizer: Optional[torch.optim.Optimizer], final: bool = False) -> None:
         """A training step's update was applied: the step's observations are flushed and the
-        next step begins (or the run ends: budget or stop request)."""
+        next step begins (or the run ends: budget or stop request; not when `final`, at the
+        end of the run)."""
         if self._params.has_snapshot():
             self._guard("update", self._params.after_step, self._pending, self.step)
         self._cost.lap()
@@ -377,6 +403,8 @@ class TraceSession:
         self.step += 1
         for observer in (self._phase_machine, self._activations, self._losses, self._optim):
             observer.next_step()
+        if final:
+            return
         if self.stop_reason is not None:
             raise StopRequested(self.stop_reason)
         if self.config.steps and self.step >= self.config.steps:

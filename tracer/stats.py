@@ -81,6 +81,16 @@ def input_stats(x: torch.Tensor) -> Optional[Stats]:
 
 
 @torch.no_grad()
+def index_stats(x: torch.Tensor) -> Optional[Stats]:
+    """Mean and max of an integer or boolean input (a mask's share of ones, the largest
+    segment id); None when empty."""
+    if not x.numel():
+        return None
+    xf = x.detach()
+    return ["mean", "max"], torch.stack([xf.float().mean(), xf.max().float()])
+
+
+@torch.no_grad()
 def relative_stats(ref: Stats, other: Stats) -> Optional[Stats]:
     """`other`'s means as shifts from `ref`'s in units of `ref`'s std (`shift`, `c{i}.shift`)
     and its stds as ratios to `ref`'s (`std_ratio`, `c{i}.std_ratio`): eval data against

@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--scale-all", type=float, default=1.0)  # train and eval data both rescaled
     ap.add_argument("--zero-grad-after-forward", action="store_true")  # valid: zeroed before backward
     ap.add_argument("--sorted", action="store_true")        # training data ordered by class, not shuffled
+    ap.add_argument("--compile", default=None, metavar="BACKEND")  # train torch.compile(model, backend=...)
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -64,6 +65,8 @@ def main() -> None:
             model.features[1].bias.fill_(-10.0)  # after BatchNorm, so nothing renormalises it
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1) if args.lr_step_per_batch else None
     loss_fn = nn.CrossEntropyLoss()
+    # the compiled wrapper is called; the optimizer holds the parameters of the model it compiles
+    net = torch.compile(model, backend=args.compile) if args.compile else model
     step = 0
     if args.train_in_eval_mode:
         model.eval()
@@ -75,7 +78,7 @@ def main() -> None:
                 opt.zero_grad()
             if args.upsample > 1:
                 xb = F.interpolate(xb, scale_factor=args.upsample)
-            out = model(xb)
+            out = net(xb)
             if args.zero_grad_after_forward:
                 opt.zero_grad()
             loss = F.cross_entropy(out, yb) if args.functional else loss_fn(out, yb)
@@ -93,7 +96,7 @@ def main() -> None:
             for xb, yb in test:
                 if args.upsample > 1:
                     xb = F.interpolate(xb, scale_factor=args.upsample)
-                correct += (model(xb).argmax(1) == yb).sum().item()
+                correct += (net(xb).argmax(1) == yb).sum().item()
         print(f"epoch {epoch} acc {correct / len(test.dataset):.3f}")
         if args.exit_zero and epoch == 0:
             if args.out:
