@@ -271,6 +271,14 @@ def test_tensorboard_scalars_average_a_steps_values_and_the_verdict_names_cause_
     assert "block.fc.trainable_fraction" in violation_text(doc["violations"][0])
 
 
+def test_the_models_structural_diff_is_shown_with_the_static_phase(world: Any) -> None:
+    doc = _check(world, **FROZEN).to_json()
+    doc["structural_diff"] = {"total": 1, "changes": [{"block": "head", "fact": "ops", "change": "+ softmax (after `9`)",
+                                                       "severity": "error"}]}
+    static = _section(render_check_page(doc, world[1], str(world[0] / "store")), "static")
+    assert "Model graph against the reference" in static and "+ softmax (after `9`)" in static
+
+
 def test_an_instance_of_a_quantified_invariant_is_drawn_with_the_entrys_bound(world: Any) -> None:
     from invariants.app.html.evidence import invariant_of, violation_panel
     root, invs = world

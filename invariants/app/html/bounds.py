@@ -93,9 +93,11 @@ def _progress(expect: Mapping[str, Any], ctx: Context) -> List[Bound]:
     start = _window_start(ctx)
     if start is None:
         return []
-    out = [Bound(f"fastest allowed fall: {fmt(float(expect['min']))}x the start", value=start * float(expect["min"]))]
+    fastest = float(expect["min"])
+    out = [Bound(f"fastest allowed fall: {fmt(fastest)}x the start", value=start * fastest)]
     if _number(expect.get("max")):
-        out.append(Bound(f"least allowed fall: {fmt(float(expect['max']))}x the start", value=start * float(expect["max"])))
+        least = float(expect["max"])
+        out.append(Bound(f"least allowed fall: {fmt(least)}x the start", value=start * least))
     return out
 
 

@@ -43,7 +43,7 @@ def render_check_page(doc: Mapping[str, Any], invariants: Optional[InvariantSet]
     by_id = invariants.by_id() if invariants is not None else {}
     body = [_header(doc), CONTENTS, _causes_section(doc), _violations_section(doc, by_id, traces, ids),
             _blocks_section(doc, traces, ids), _curves_section(traces, ids),
-            static_section(doc.get("static"), traces), _coverage_section(doc, invariants)]
+            static_section(doc.get("static"), traces, doc.get("structural_diff")), _coverage_section(doc, invariants)]
     if invariants is None:
         notes = list(notes) + ["without the invariant set, plots show no bound"]
     sources = f"reference runs plotted: {len(traces.references)} of {len(run_ids)}; store: {store_dir or 'none'}"

@@ -15,14 +15,20 @@ COST_AT_INPUT = (("static.flops_per_sample", "forward FLOPs per sample"),
 GUARDS_SHOWN = 20
 
 
-def static_section(static: Optional[Mapping[str, Any]], traces: Traces) -> str:
-    """The section: output shape proof, accepted input sizes, stage shapes, FLOPs and memory."""
+def static_section(static: Optional[Mapping[str, Any]], traces: Traces,
+                   structural: Optional[Mapping[str, Any]] = None) -> str:
+    """The section: the model graph's changes against the reference's (the report's
+    `structural_diff`), output shape proof, accepted input sizes, stage shapes, FLOPs and memory."""
+    changes = (structural or {}).get("changes") or []
+    rows = [(c["block"], c["fact"], c["change"], c["severity"]) for c in changes]
+    graph = [] if not rows else ["<h3>Model graph against the reference's</h3>",
+                                 table(["block", "fact", "change", "severity"], rows)]
     if not static:
-        return section("Static phase", [paragraph(
+        return section("Static phase", graph + [paragraph(
             "The static phase did not run: the model was never called with a tensor input, or the report "
             "comes from a check that recorded none.", "note")], "static")
     output = static.get("output") or {}
-    parts = [f"<h3>Output shape</h3><p><code>[{esc(', '.join(output.get('shape') or []))}]</code> — "
+    parts = graph + [f"<h3>Output shape</h3><p><code>[{esc(', '.join(output.get('shape') or []))}]</code> — "
              f"{esc(output.get('detail') or output.get('batch_polymorphic') or 'unknown')}</p>"]
     label = static.get("label_check")
     if label:
