@@ -19,6 +19,7 @@ import operator
 import os
 import re
 import sys
+from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -26,6 +27,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves, tree_map
 
+from tracer.blocks import WRAPPERS
 from tracer.graph_facts import output_tensors
 from tracer.graph_record import GraphNode, GraphRecord
 from tracer.twin import meta_twin, no_global_hooks
@@ -104,7 +106,11 @@ def _first_sentence(e: BaseException) -> str:
 def capture_traced(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, Any]], blocks: Tuple[str, ...]
                    ) -> Tuple[Optional[GraphRecord], str]:
     """(record, "") by fx, else by torch.export with fx's failure as the reason, else
-    (None, why both failed) for the module-call fallback."""
+    (None, why both failed) for the module-call fallback. A data-parallel wrapper's graph
+    is its module's, under the wrapper's names (`module.fc1`)."""
+    if isinstance(root, WRAPPERS):
+        record, why = capture_traced(root.module, args, kwargs, blocks)
+        return (None if record is None else _under(record, "module", type(root).__name__)), why
     try:
         return capture_fx(root, args, kwargs, blocks), ""
     except Exception as e:  # fx raises many types; all mean "try the next path"
@@ -113,6 +119,14 @@ def capture_traced(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, A
         return capture_export(root, args, kwargs, blocks, fx_reason), ""
     except Exception as e:  # so does export
         return None, f"{fx_reason}; export: {_first_sentence(e)}"
+
+
+def _under(record: GraphRecord, prefix: str, wrapper: str) -> GraphRecord:
+    """The record of a wrapped module with its names as the wrapper has them."""
+    def name(n: str) -> str:
+        return f"{prefix}.{n}" if n else prefix
+    nodes = tuple(replace(n, module=name(n.module), params=tuple(name(p) for p in n.params)) for n in record.nodes)
+    return replace(record, model=f"{wrapper}({record.model})", nodes=nodes)
 
 
 def capture_fx(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, Any]], blocks: Tuple[str, ...]

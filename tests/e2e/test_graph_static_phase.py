@@ -1,12 +1,23 @@
 """End-to-end: the static phase (solver and graph capture) at the root model's first call
-is invisible to the user's program."""
+is invisible to the user's program, and what it claims holds for real forwards."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import pytest
+import torch
+from torch import nn
+
+import solver
+from solver.call import CallSpec
 from tests.conftest import SCRIPTS, run_invar
+from tracer.extension import Extension
+from tracer.runner import run_script
+from tracer.session import StopRequested, TraceConfig
 
 HOOKS = SCRIPTS / "hook_counter.py"
 
@@ -24,3 +35,91 @@ def test_the_users_hooks_count_the_same_calls_traced_and_untraced(tmp_path: Path
                   "--store", str(tmp_path / "store"))
     assert r.returncode == 0, r.stderr
     assert _counts(r.stdout) == expected
+
+
+# -- every size the solver calls rejected is rejected by a real forward -------------------
+class _FirstCall(Extension):
+    """Keeps the root model and its first call's arguments, and ends the run there."""
+
+    name = "first_call"
+
+    def __init__(self) -> None:
+        self.call: Optional[Tuple[nn.Module, tuple, Mapping[str, Any]]] = None
+
+    def on_first_call(self, session: Any, root: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> None:
+        self.call = (root, args, dict(kwargs))
+        raise StopRequested("first call")
+
+
+def _corpus_scripts() -> List[Path]:
+    from corpus.cases import case_dirs, load
+    scripts = []
+    for case in case_dirs():
+        meta = load(case)
+        if (meta.get("launch") or {}).get("nproc"):
+            continue  # a launched case: its ranks run in other processes
+        scripts.append(case / (meta.get("reference") or {}).get("script", "reference.py"))
+        scripts += [case / v["script"] for v in meta.get("variants") or []]
+    return scripts
+
+
+def _runs(model: nn.Module, spec: CallSpec, sizes: Dict[int, int]) -> bool:
+    """Whether an eager forward of a copy of the model, called the script's way with the
+    primary input's dims at `sizes`, runs."""
+    def make(slot: Any) -> torch.Tensor:
+        shape = spec.shape(slot, sizes)
+        return torch.randn(shape, dtype=slot.dtype) if slot.dtype.is_floating_point else torch.zeros(shape, dtype=slot.dtype)
+    args, kwargs = spec.build(make)
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+        return True
+    except Exception:  # the model's own errors are the answer
+        return False
+
+
+def _probes(names: Sequence[str], shape: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Input sizes (without the batch dim) around the example's: half, double and an odd side."""
+    spatial = [i for i, n in enumerate(names) if n in ("H", "W", "T")]
+    if not spatial:
+        return []
+    side = shape[spatial[0]]
+    out = []
+    for s in sorted({max(1, side // 2), side * 2, side + 3}):
+        size = [s if i in spatial else d for i, d in enumerate(shape)]
+        out.append(tuple(d for i, d in enumerate(size) if names[i] != "B"))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", _corpus_scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_rejection_the_solver_claims_on_a_corpus_model_is_disproved_by_a_real_forward(script: Path) -> None:
+    first = _FirstCall()
+    run_script(script, [], TraceConfig(steps=1), lambda rows: None, extensions=[first])
+    assert first.call is not None, f"{script.name} never called its model"
+    root, args, kwargs = first.call
+    spec = CallSpec.of(args, kwargs)
+    names = solver.analyse(root, args, kwargs).input_names
+    report = solver.analyse(root, args, kwargs, probes=_probes(names, spec.x0.shape))
+    model = copy.deepcopy(root).eval()
+    bi = names.index("B") if "B" in names else 0
+    poly = report.batch_polymorphic
+    print(f"{script.parent.name}/{script.name}: {spec.describe()} -> {poly.status}; {report.domain_text()}; probes "
+          + ", ".join(f"{'x'.join(map(str, p.size))}:{p.accepted}" for p in report.probes))
+    if isinstance(poly, solver.Counterexample):
+        assert not _runs(model, spec, {bi: poly.model["B"]}), f"{poly} but B={poly.model['B']} runs"
+    if isinstance(poly, solver.Proved):
+        assert _runs(model, spec, {bi: 1}) and _runs(model, spec, {bi: spec.x0.shape[bi] + 1}), str(poly)
+    for p in report.probes:
+        size = list(p.size)
+        size.insert(bi, spec.x0.shape[bi])
+        if p.accepted is not None:
+            assert _runs(model, spec, dict(enumerate(size))) == p.accepted, f"probe {p.size}: {p.accepted}"
+    spatial = [i for i, n in enumerate(names) if n in ("H", "W", "T")]
+    for bound, beyond in ((report.side_min, -1), (report.side_max, 1)):
+        if bound is None:
+            continue
+        assert _runs(model, spec, {i: bound for i in spatial}), f"{report.domain_text()}: {bound} fails"
+        if bound + beyond >= 1:
+            assert not _runs(model, spec, {i: bound + beyond for i in spatial}), \
+                f"{report.domain_text()}: {bound + beyond} runs"

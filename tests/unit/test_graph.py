@@ -129,6 +129,14 @@ def test_capture_falls_back_to_export_for_keyword_forwards_and_to_module_calls()
     assert graph_facts.op_kinds(modules) == {"fc": "linear"}
 
 
+def test_a_data_parallel_wrapper_has_its_modules_graph_under_its_names() -> None:
+    model = nn.DataParallel(Blockers())
+    record = capture(model, torch.randn(3, 4))
+    assert record.kind == "fx" and record.model == "DataParallel(Blockers)"
+    by = {c.module: (c.block, c.by) for c in graph_facts.gradient_cuts(record, model)}
+    assert by["module.a"] == ("module.a", "no_grad") and "module.out" not in by
+
+
 def test_op_kinds_do_not_change_with_the_spectral_norm_api() -> None:
     def mlp(norm: Any) -> nn.Module:
         return nn.Sequential(norm(nn.Linear(4, 8)), nn.ReLU(), norm(nn.Linear(8, 2)))
