@@ -152,6 +152,8 @@ def _variant_errors(v: Any, vocabulary: FrozenSet[str]) -> List[str]:
     locus = expect.get("locus") if isinstance(expect, dict) else None
     if locus is not None and not isinstance(locus, str):
         errors.append(f"{script}: expect.locus must be a string or null")
+    if isinstance(expect, dict) and not isinstance(expect.get("universal", False), bool):
+        errors.append(f"{script}: expect.universal must be true or false")
     measure = v.get("measure")
     if not isinstance(measure, list) or not measure or not all(
             isinstance(m, dict) and isinstance(m.get("check"), str) for m in measure):

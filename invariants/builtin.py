@@ -126,5 +126,11 @@ def annotate(report: "CheckReport", invariants: InvariantSet, rules: Sequence["A
     """A check's report as people read it: it says when it was checked against the
     built-in set alone, and names what the declared exceptions (`--allow`) allowed."""
     from invariants import allow
-    report.notes = notes(invariants) + report.notes
-    return allow.apply(report, rules)
+    from invariants.explain import SILENCE
+    told = notes(invariants)
+    report.notes = told + report.notes
+    report = allow.apply(report, rules)
+    for c in report.causes if told else ():  # a built-in's way out is a declaration, not a re-infer
+        block = f"@{c.locus}" if c.locus and "," not in c.locus else "[@BLOCK]"
+        c.hint = c.hint.replace(SILENCE, f"if this is deliberate, declare it: --allow {c.family}{block}")
+    return report

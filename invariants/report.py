@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from invariants import structure
 from invariants.check import Violation
-from invariants.coverage import REASONS, Unchecked, Unobserved, unobserved
+from invariants.coverage import NOT_APPLICABLE, REASONS, Unchecked, Unobserved, unobserved
 
 if TYPE_CHECKING:
     from invariants.explain import Cause  # explain imports networkx: only the checks that explain need it
@@ -107,7 +107,7 @@ class CheckReport:
     def coverage_warning(self) -> Optional[str]:
         """A warning when more than half of the error-level invariants went unchecked in a
         run that ended on its own or at its budget (a crash or --fail-fast explains itself)."""
-        errors = sum(1 for u in self.unchecked if u.severity == "error")
+        errors = sum(1 for u in self.unchecked if u.severity == "error" and u.reason != NOT_APPLICABLE)
         if self.nothing_checked or not errors or 2 * errors <= self.active_errors \
                 or self.crash or self.run_status in ("stopped", "interrupted"):
             return None
@@ -216,8 +216,9 @@ def _unchecked_lines(r: CheckReport) -> List[str]:
     reasons = Counter(u.reason for u in r.unchecked)
     out = [f"  not checked: {len(r.unchecked)} invariant(s) — "
            + ", ".join(f"{reasons[k]} {text}" for k, text in REASONS.items() if reasons[k])]
-    errors = [u for u in r.unchecked if u.severity == "error"]
-    named = errors or r.unchecked
+    gaps = [u for u in r.unchecked if u.reason != NOT_APPLICABLE]  # a built-in about what is not there is none
+    errors = [u for u in gaps if u.severity == "error"]
+    named = errors or gaps
     for u in named[:UNCHECKED_NAMED]:
         out.append(f"    [{u.severity}] {u.id}: {u.detail}")
     if len(named) > UNCHECKED_NAMED:

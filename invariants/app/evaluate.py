@@ -1,7 +1,8 @@
 """`invar eval`: infer from each case's reference, check every variant, score the results.
 
 A corpus directory holds one folder per case with a `case.yaml` (docs/corpus.md). Nothing
-here knows any case: expectations come from each case's metadata.
+here knows any case: expectations come from each case's metadata. Every checked run is also
+checked against the built-in set, the "no reference" column (invariants/app/no_reference.py).
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from invariants.app import no_reference
 from invariants.model import SEVERITY_RANK, at_least
 from invariants.variables import family_of
-
-
 
 
 @dataclass
@@ -50,6 +50,10 @@ class Row:
     # per consequence envelope (template:family), the smallest factor the run could still
     # have moved by before an error (CheckReport.margins)
     margins: Dict[str, float] = field(default_factory=dict)
+    # the same run checked against the built-in set: the fields above, as plain data; and
+    # whether the bug must be found that way (`expect.universal`, docs/corpus.md)
+    no_reference: Optional[Dict[str, Any]] = None
+    universal: bool = False
 
 
 @dataclass
@@ -73,6 +77,7 @@ class EvalReport:
             "bugs": len(bugs), "ok_variants": len(oks), "loo_runs": len(loo), "whole_runs": len(whole),
             "structural_max_step": max((r.first_step or 0 for r in bugs if r.detected
                                         and r.expected_severity == "error"), default=0),
+            "no_reference": no_reference.totals(self.rows),
         }
 
     def closest(self) -> Dict[str, Dict[str, Tuple[float, str]]]:
@@ -190,6 +195,7 @@ def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 
 def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
     from corpus.cases import load as case_meta
     from invariants.app import workflow
+    from invariants.builtin import builtin_set
     meta = case_meta(case)
     ref = meta.get("reference") or {}
     ref_script = str(case / (ref.get("script") or "reference.py"))
@@ -217,16 +223,21 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
                   "discarded": len(outcome.mined.discarded),
                   "errors": sum(1 for i in invs.invariants if i.severity == "error"),
                   "graph": _graph_coverage(store, outcome.references)}
+        def scored(variant: str, kind: str, v: Dict[str, Any], rep: Any) -> Row:
+            row = _row_from(case.name, variant, kind, v, rep, _exit_code(rep))
+            again = no_reference.replay(rep, builtin_set(), store)  # the same run, no reference
+            row.no_reference = asdict(_row_from(case.name, variant, kind, v, again, _exit_code(again)))
+            row.universal = bool((v.get("expect") or {}).get("universal"))
+            return row
         loo = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET)
-        rows.append(_row_from(case.name, "reference (new seed)", "loo", {}, loo, _exit_code(loo)))
+        rows.append(scored("reference (new seed)", "loo", {}, loo))
         # The normal workflow: invariants from short reference runs, a whole run checked.
         whole = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET, budget=0)
-        rows.append(_row_from(case.name, "reference, whole run (new seed)", "whole", {}, whole, _exit_code(whole)))
+        rows.append(scored("reference, whole run (new seed)", "whole", {}, whole))
         for v in meta.get("variants") or []:
             script = str(case / v["script"])
             args = [str(a) for a in v.get("args") or []]
-            rep = check(script, args)
-            rows.append(_row_from(case.name, v["script"], v.get("kind", "bug"), v, rep, _exit_code(rep)))
+            rows.append(scored(v["script"], v.get("kind", "bug"), v, check(script, args)))
     return {"rows": [asdict(r) for r in rows], "invariants": counts}
 
 
@@ -284,8 +295,8 @@ def _short_cause(cause: str) -> str:
 
 def render_markdown(report: EvalReport) -> str:
     t = report.totals()
-    out = ["| case | variant | expected cause | detected | reported root cause | exact | step | severity | checked | s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| case | variant | expected cause | detected | reported root cause | exact | step | severity | checked | s "
+           "| no reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.rows:
         causes = r.root_causes
         if r.kind == "bug":
@@ -299,7 +310,8 @@ def render_markdown(report: EvalReport) -> str:
                 + (f" ({r.warnings} warn.)" if r.warnings else "")
         out.append(f"| {r.case} | {r.variant} | {', '.join(r.expected) or '-'} | {det} | "
                    f"{', '.join(_short_cause(c) for c in causes[:3]) or '-'} | {exact} | "
-                   f"{'-' if r.first_step is None else r.first_step} | {r.severity or '-'} | {r.checked} | {r.seconds} |")
+                   f"{'-' if r.first_step is None else r.first_step} | {r.severity or '-'} | {r.checked} | {r.seconds} "
+                   f"| {no_reference.cell(r)} |")
     out.append("")
     out.append(f"Recall {100 * t['recall']:.0f}% ({t['bugs']} bug variants), exact root cause "
                f"{100 * t['exact_root_cause']:.0f}%, error-level false alarms on {t['ok_variants']} ok "
@@ -309,6 +321,7 @@ def render_markdown(report: EvalReport) -> str:
                f"checks of clean runs: {t['incomplete_clean_runs']}; "
                f"latest first detection of an error-level bug: step {t['structural_max_step']}. "
                f"Total {report.seconds:.0f} s.")
+    out += [""] + no_reference.summary(t["no_reference"])
     out.append("")
     out.append("| case | invariants | error-level | suppressed (implied) | discarded candidates | graph |")
     out.append("|---|---|---|---|---|---|")
