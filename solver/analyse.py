@@ -47,6 +47,11 @@ class ShapeReport:
     _run: Optional[SymbolicRun] = field(default=None, repr=False, compare=False)
     _symbols: Tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
+    @property
+    def batch_index(self) -> int:
+        """The primary input's batch dim (1 for a sequence-first [T, B, F] input)."""
+        return self.input_names.index("B") if "B" in self.input_names else 0
+
     def _subs(self, input_shape: Sequence[int]) -> Dict[Any, int]:
         return {s: int(v) for s, v in zip(self._symbols, input_shape) if isinstance(s, sympy.Symbol)}
 

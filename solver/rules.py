@@ -1,5 +1,9 @@
 """invar's own shape rules, for the modules where torch's symbolic path fails.
 
+Two kinds: module forwards replaced on the meta copy (RNNs, below), and `PositionRanges`,
+which gives an Embedding indexed by `torch.arange(T)` the requirement T <= its rows that
+fake tensors cannot see (they carry no values).
+
 torch runs an RNN on fake tensors through its decomposition, which unrolls the sequence
 one time step at a time: that specialises the batch size and the sequence length to the
 example's (guards B == 32, T == 40, so nothing holds for other sizes) and costs seconds
@@ -14,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def rnn_forward(m: nn.RNNBase, input: Any, hx: Any = None) -> Tuple[torch.Tensor, Any]:
@@ -70,3 +75,39 @@ def batch_dim(m: nn.Module, input: Any) -> Optional[int]:
 def rule_for(m: nn.Module) -> Optional[Callable[..., Any]]:
     """The own rule standing in for `m`'s forward, or None for torch's path."""
     return MODULE_RULES.get(type(m))
+
+
+class PositionRanges(TorchFunctionMode):
+    """Positions made by `torch.arange(end)` (and views of them) have the largest value
+    end - 1, though a fake tensor carries no value: an Embedding of E rows indexed by them
+    (GPT's positional table) requires end <= E, a requirement torch's shape path cannot
+    see (an index out of range is a value error, not a shape error). `end_of` answers for
+    an Embedding's input; the symbolic run turns it into a guard, a concrete run into the
+    IndexError eager would raise."""
+
+    # ops whose result holds the same values as their first argument
+    SAME_VALUES = frozenset({"unsqueeze", "view", "expand", "expand_as", "reshape", "__getitem__", "repeat",
+                             "to", "long", "int", "contiguous", "clone"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ends: Dict[int, Tuple[torch.Tensor, Any]] = {}  # id -> (tensor, end): the tensor keeps the id
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if not isinstance(out, torch.Tensor):
+            return out
+        if name == "arange":
+            end = kwargs.get("end", args[1] if len(args) > 1 else args[0] if args else None)
+            if end is not None and kwargs.get("step", args[2] if len(args) > 2 else 1) == 1:
+                self._ends[id(out)] = (out, end)
+        elif name in self.SAME_VALUES and args and self.end_of(args[0]) is not None:
+            self._ends[id(out)] = (out, self.end_of(args[0]))
+        return out
+
+    def end_of(self, t: Any) -> Any:
+        """The `end` of the arange a tensor's values come from, None when not known."""
+        entry = self._ends.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import sympy
 import torch
@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from solver.call import CallSpec, TensorSlot
 from solver.reasons import plain_reason, undecidable
-from solver.rules import batch_dim, rule_for
+from solver.rules import PositionRanges, batch_dim, rule_for
 from tracer.calls import model_output
 from tracer.twin import meta_twin, no_global_hooks
 
@@ -119,7 +119,9 @@ def symbolic_run(model: nn.Module, spec: CallSpec, concrete: bool = False) -> Sy
     owners: Dict[int, str] = {}
     act_bytes: List[Any] = []
     start: Dict[str, Tuple[int, int]] = {}  # module -> (guards, records) when it was entered
-    handles = []
+    positions, bounds = PositionRanges(), []  # guards of positional tables: (end <= rows, module)
+    handles = _position_hooks(twin, positions, lambda end, rows, name: bounds.append(
+        (sympy.Le(_expr(end), rows), name)) if isinstance(end, torch.SymInt) else None)
     # Every module is hooked: a guard belongs to the innermost module running when it was
     # added (post hooks run inside out), and a module records its output when no module
     # inside it did: a leaf, or one whose children its forward bypasses (MultiheadAttention
@@ -147,12 +149,12 @@ def symbolic_run(model: nn.Module, spec: CallSpec, concrete: bool = False) -> Sy
     counter = FlopCounterMode(display=False)
     try:
         with fx_config.patch(backed_size_oblivious=True), no_global_hooks(), mode, torch.no_grad(), counter, \
-                _quiet("torch._subclasses.fake_tensor"):
+                positions, _quiet("torch._subclasses.fake_tensor"):
             out = twin(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
-    guards = [(g.expr, owners.get(i, "")) for i, g in enumerate(env.guards)]
+    guards = [(g.expr, owners.get(i, "")) for i, g in enumerate(env.guards)] + bounds
     total = counter.get_total_flops()
     return SymbolicRun(
         spec=spec, symbols=symbols, output=_output_dims(out), records=records, guards=guards,
@@ -160,6 +162,17 @@ def symbolic_run(model: nn.Module, spec: CallSpec, concrete: bool = False) -> Sy
         activation_bytes=sympy.Add(*act_bytes) if act_bytes else 0,
         concrete=concrete, specialised=_specialised(env, symbols, guards), ruled=ruled,
         batch_hints=[_expr(h) for h in hints])
+
+
+def _position_hooks(twin: nn.Module, positions: PositionRanges, bound: Callable[[Any, int, str], None]) -> List[Any]:
+    """Pre-hooks on the copy's Embeddings calling `bound(end, rows, name)` when their input
+    is `torch.arange(end)` (solver/rules.py)."""
+    def check(name: str, m: nn.Embedding, a: Any) -> None:
+        end = positions.end_of(a[0]) if a else None
+        if end is not None:
+            bound(end, m.num_embeddings, name)
+    return [m.register_forward_pre_hook(lambda mod, a, name=name: check(name, mod, a))
+            for name, m in twin.named_modules() if isinstance(m, nn.Embedding)]
 
 
 def _twin(model: nn.Module, ruled: List[str], hints: List[Any]) -> nn.Module:
@@ -247,7 +260,12 @@ def concrete_run(model: nn.Module, spec: CallSpec, sizes: Mapping[int, int]) -> 
 
     def leave(mod: nn.Module, a: Any, out: Any) -> None:  # returns None: the output stays
         active.pop()
-    handles = []
+
+    def out_of_range(end: Any, rows: int, name: str) -> None:
+        if int(end) > rows:  # what eager raises for a position past the table
+            raise IndexError(f"index out of range in self: position {int(end) - 1} of a {rows}-row `{name}`")
+    positions = PositionRanges()
+    handles = _position_hooks(twin, positions, out_of_range)
     for name, m in twin.named_modules():
         if name:
             handles.append(m.register_forward_pre_hook(lambda mod, a, name=name: active.append(name)))
@@ -255,7 +273,7 @@ def concrete_run(model: nn.Module, spec: CallSpec, sizes: Mapping[int, int]) -> 
     try:
         args, kwargs = spec.build(lambda slot: mode.from_tensor(
             torch.empty(spec.shape(slot, sizes), dtype=slot.dtype, device="meta"), static_shapes=True))
-        with no_global_hooks(), mode, torch.no_grad(), _quiet("torch._subclasses.fake_tensor"):
+        with no_global_hooks(), mode, torch.no_grad(), positions, _quiet("torch._subclasses.fake_tensor"):
             out = twin(*args, **kwargs)
         dims = _output_dims(out)
         return ConcreteRun(shapes, None if dims is None else tuple(int(d) for d in dims))

@@ -47,7 +47,8 @@ _ALIASES = {"iadd": "add", "radd": "add", "imul": "mul", "rmul": "mul", "isub": 
             "re_lu": "relu", "re_lu6": "relu6", "leaky_re_lu": "leaky_relu", "ge_lu": "gelu", "si_lu": "silu",
             "pre_lu": "prelu", "se_lu": "selu", "ce_lu": "celu", "e_lu": "elu", "convolution": "conv",
             "addmm": "linear", "gt": "gt", "greater": "gt", "less": "lt", "greater_equal": "ge", "less_equal": "le",
-            "not_equal": "ne", "equal": "eq", "getattr": "getattr", "wrap_with_set_grad_enabled": "no_grad"}
+            "not_equal": "ne", "equal": "eq", "getattr": "getattr", "wrap_with_set_grad_enabled": "no_grad",
+            "cross_entropy_loss": "cross_entropy", "nll_loss_nd": "nll_loss", "nll_loss2d": "nll_loss"}
 
 
 def snake(name: str) -> str:

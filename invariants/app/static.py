@@ -40,10 +40,11 @@ class StaticPhase(Extension):
         if not isinstance(report.batch_polymorphic, solver.Unknown):
             rec("train", "static.output_polymorphic", isinstance(report.batch_polymorphic, solver.Proved))
         flops, act = report.cost_at(shape)
+        batch = shape[report.batch_index]  # a sequence-first input's batch is dim 1
         if flops:
-            rec("train", "static.flops_per_sample", flops / shape[0])
+            rec("train", "static.flops_per_sample", flops / batch)
         if act:
-            rec("train", "static.activation_bytes_per_sample", act / shape[0])
+            rec("train", "static.activation_bytes_per_sample", act / batch)
         pre = solver.prepool_stage(report, shape)
         if pre is not None:
             rec("train", "static.prepool_map", "x".join(str(d) for d in pre[1]))

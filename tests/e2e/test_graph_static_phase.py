@@ -3,6 +3,7 @@ is invisible to the user's program, and what it claims holds for real forwards."
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch import nn
 import solver
 from solver.call import CallSpec
 from tests.conftest import SCRIPTS, run_invar
+from tracer.calls import model_output
 from tracer.extension import Extension
 from tracer.runner import run_script
 from tracer.session import StopRequested, TraceConfig
@@ -63,19 +65,23 @@ def _corpus_scripts() -> List[Path]:
     return scripts
 
 
-def _runs(model: nn.Module, spec: CallSpec, sizes: Dict[int, int]) -> bool:
-    """Whether an eager forward of a copy of the model, called the script's way with the
-    primary input's dims at `sizes`, runs."""
+def _output(model: nn.Module, spec: CallSpec, sizes: Dict[int, int]) -> Optional[Tuple[int, ...]]:
+    """The prediction's shape of an eager forward of a copy of the model, called the
+    script's way with the primary input's dims at `sizes`; None when the forward fails."""
     def make(slot: Any) -> torch.Tensor:
         shape = spec.shape(slot, sizes)
         return torch.randn(shape, dtype=slot.dtype) if slot.dtype.is_floating_point else torch.zeros(shape, dtype=slot.dtype)
     args, kwargs = spec.build(make)
     try:
         with torch.no_grad():
-            model(*args, **kwargs)
-        return True
+            out = model_output(model(*args, **kwargs))
     except Exception:  # the model's own errors are the answer
-        return False
+        return None
+    return () if out is None else tuple(out.shape)
+
+
+def _runs(model: nn.Module, spec: CallSpec, sizes: Dict[int, int]) -> bool:
+    return _output(model, spec, sizes) is not None
 
 
 def _probes(names: Sequence[str], shape: Sequence[int]) -> List[Tuple[int, ...]]:
@@ -95,7 +101,8 @@ def _probes(names: Sequence[str], shape: Sequence[int]) -> List[Tuple[int, ...]]
 @pytest.mark.parametrize("script", _corpus_scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_rejection_the_solver_claims_on_a_corpus_model_is_disproved_by_a_real_forward(script: Path) -> None:
     first = _FirstCall()
-    run_script(script, [], TraceConfig(steps=1), lambda rows: None, extensions=[first])
+    # steps=3: without torch.optim the root is known after the first backward (its second call)
+    run_script(script, [], TraceConfig(steps=3), lambda rows: None, extensions=[first])
     assert first.call is not None, f"{script.name} never called its model"
     root, args, kwargs = first.call
     spec = CallSpec.of(args, kwargs)
@@ -106,8 +113,12 @@ def test_no_rejection_the_solver_claims_on_a_corpus_model_is_disproved_by_a_real
     poly = report.batch_polymorphic
     print(f"{script.parent.name}/{script.name}: {spec.describe()} -> {poly.status}; {report.domain_text()}; probes "
           + ", ".join(f"{'x'.join(map(str, p.size))}:{p.accepted}" for p in report.probes))
-    if isinstance(poly, solver.Counterexample):
-        assert not _runs(model, spec, {bi: poly.model["B"]}), f"{poly} but B={poly.model['B']} runs"
+    if isinstance(poly, solver.Counterexample):  # rejected there, or an output that is not [B, K] there
+        b = poly.model["B"]
+        example, out = _output(model, spec, {}), _output(model, spec, {bi: b})
+        assert example is not None
+        as_claimed = example[:1] == (spec.x0.shape[bi],) and out == (b,) + example[1:]
+        assert out is None or not as_claimed, f"{poly} but B={b} gives {out}"
     if isinstance(poly, solver.Proved):
         assert _runs(model, spec, {bi: 1}) and _runs(model, spec, {bi: spec.x0.shape[bi] + 1}), str(poly)
     for p in report.probes:
@@ -123,3 +134,38 @@ def test_no_rejection_the_solver_claims_on_a_corpus_model_is_disproved_by_a_real
         if bound + beyond >= 1:
             assert not _runs(model, spec, {i: bound + beyond for i in spatial}), \
                 f"{report.domain_text()}: {bound + beyond} runs"
+
+
+# -- graph facts through infer and check ---------------------------------------------------
+@pytest.fixture(scope="module")
+def plain_invariants(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("graph")
+    r = run_invar("infer", str(SCRIPTS / "plain_train.py"), "--runs", "3", "--steps", "8", "-o", str(d / "inv.yaml"),
+                  "--store", str(d / "store"))
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def _check(d: Path, *args: str) -> dict:
+    r = run_invar("check", str(SCRIPTS / "plain_train.py"), "--against", str(d / "inv.yaml"), "--store",
+                  str(d / "store"), "--steps", "4", "--format", "json", "--", *args)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_detach_is_reported_at_step_0_with_its_line_and_a_valid_change_shows_no_structural_diff(
+        plain_invariants: Path) -> None:
+    doc = _check(plain_invariants, "--detach-features")
+    graph = {v["target"][0]: v for v in doc["violations"] if v["template"] == "multiset"}
+    line = next(i for i, text in enumerate((SCRIPTS / "plain_model.py").read_text().splitlines(), 1)
+                if "h = h.detach()" in text)
+    cut = graph["graph.block.features.0.cut_off"]
+    assert cut["step"] == 0 and cut["family"] == "no_gradient" and cut["severity"] == "error"
+    assert cut["observed"] == f"+ features.0 (cut off by `detach` at plain_model.py:{line})"
+    assert graph["graph.block._root.blocking"]["observed"] == f"+ detach (plain_model.py:{line})"
+    root = doc["causes"][0]
+    assert root["family"] == "no_gradient" and cut["id"] in root["violations"]
+    assert any(c["change"].startswith("+ features.0") for c in doc["structural_diff"]["changes"])
+    valid = _check(plain_invariants, "--lr-scale", "1.5", "--batch", "24")
+    assert not [v for v in valid["violations"] if v["template"] == "multiset"]
+    assert valid["structural_diff"] == {"total": 0, "changes": []}

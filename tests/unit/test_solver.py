@@ -273,6 +273,7 @@ def test_the_copy_is_called_the_way_the_script_called_the_model() -> None:
     assert r.call == "model(Tensor[32, 12], Tensor[32, 12])"
     assert isinstance(r.batch_polymorphic, Proved), r.batch_polymorphic
     assert r.output_shape == ("B", "T", "40") and r.domain_text() == "sequence length 1..16"
+    assert ("T <= 16", "pos") in r.guards  # arange(T) indexes a 16-row positional table
     assert [p.accepted for p in r.probes] == [True, False]
     with torch.no_grad():
         gpt(idx[:1], targets[:1])  # B=1 runs, with a target of that batch size
@@ -291,7 +292,7 @@ def test_the_copy_is_called_the_way_the_script_called_the_model() -> None:
     assert isinstance(r.batch_polymorphic, Proved) and r.output_shape == ("B", "3")
 
     r = analyse(SeqFirstLSTM(), torch.randn(40, 32, 6), probes=[(50, 6)])
-    assert r.input_names == ("T", "B", "6") and r.output_shape == ("B", "4")
+    assert r.input_names == ("T", "B", "6") and r.output_shape == ("B", "4") and r.batch_index == 1
     assert isinstance(r.batch_polymorphic, Proved) and r.probes[0].accepted
 
 
