@@ -30,7 +30,7 @@ from solver.call import CallSpec, TensorSlot
 from solver.reasons import plain_reason, undecidable
 from solver.rules import PositionRanges, batch_dim, rule_for
 from tracer.calls import model_output
-from tracer.twin import meta_twin, no_global_hooks
+from tracer.twin import meta_twin, unseen
 
 
 @dataclass
@@ -148,7 +148,7 @@ def symbolic_run(model: nn.Module, spec: CallSpec, concrete: bool = False) -> Sy
         handles.append(m.register_forward_hook(post))
     counter = FlopCounterMode(display=False)
     try:
-        with fx_config.patch(backed_size_oblivious=True), no_global_hooks(), mode, torch.no_grad(), counter, \
+        with fx_config.patch(backed_size_oblivious=True), unseen(), mode, torch.no_grad(), counter, \
                 positions, _quiet("torch._subclasses.fake_tensor"):
             out = twin(*args, **kwargs)
     finally:
@@ -273,7 +273,7 @@ def concrete_run(model: nn.Module, spec: CallSpec, sizes: Mapping[int, int]) -> 
     try:
         args, kwargs = spec.build(lambda slot: mode.from_tensor(
             torch.empty(spec.shape(slot, sizes), dtype=slot.dtype, device="meta"), static_shapes=True))
-        with no_global_hooks(), mode, torch.no_grad(), positions, _quiet("torch._subclasses.fake_tensor"):
+        with unseen(), mode, torch.no_grad(), positions, _quiet("torch._subclasses.fake_tensor"):
             out = twin(*args, **kwargs)
         dims = _output_dims(out)
         return ConcreteRun(shapes, None if dims is None else tuple(int(d) for d in dims))

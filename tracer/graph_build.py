@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from tracer.blocks import WRAPPERS
 from tracer.graph_facts import output_tensors
 from tracer.graph_record import GraphNode, GraphRecord
-from tracer.twin import meta_twin, no_global_hooks
+from tracer.twin import meta_twin, unseen
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -134,7 +134,7 @@ def capture_fx(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, Any]]
                ) -> GraphRecord:
     """fx symbolic tracing, non-tensor arguments fixed to the values the script passed."""
     tracer = _LocatingTracer()
-    with torch.enable_grad():  # so that only the forward's own no_grad blocks read as off
+    with unseen(), torch.enable_grad():  # so that only the forward's own no_grad blocks read as off
         graph = tracer.trace(root, concrete_args=_concrete_args(root, args, kwargs))
     names = _param_names(root)
     nodes = []
@@ -248,7 +248,7 @@ def capture_export(root: nn.Module, args: tuple, kwargs: Optional[Mapping[str, A
     flat = _Flat(meta_twin(root).train())
     meta = tree_map(lambda x: torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x,
                     (tuple(args), dict(kwargs or {})))
-    with no_global_hooks(), _quiet_loggers("torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes",
+    with unseen(), _quiet_loggers("torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes",
                                            "torch._dynamo"):
         program = torch.export.export(flat, meta[0], meta[1], strict=False)
     sig = program.graph_signature

@@ -6,7 +6,8 @@ statistics, dropout's random numbers, parameters) and must not run *through the 
 hooks*: a global forward hook counting calls, or a hook registered on one module, would
 see a forward that never happened. So an analysis runs a meta twin (a deep copy whose
 parameters and buffers are meta tensors, their data never copied, without the user's
-module hooks) inside `no_global_hooks()`.
+module hooks) inside `unseen()`: the global module hooks lifted, the forward's prints
+swallowed.
 
 Hooks torch itself installs as part of a module's computation (spectral_norm and
 weight_norm recompute the weight in a forward pre-hook) stay on the twin: without them
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import io
 import itertools
 from typing import Any, Dict, Iterator
 
@@ -51,6 +53,14 @@ def no_global_hooks() -> Iterator[None]:
             table.clear()
             table.update(old)
             table.update(new)
+
+
+@contextlib.contextmanager
+def unseen() -> Iterator[None]:
+    """Runs an analysis of the model invisibly: the global module hooks lifted and what the
+    model's forward prints (a `print(x.shape)` sees proxies or fake tensors) swallowed."""
+    with no_global_hooks(), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def torch_own_hook(hook: Any) -> bool:
