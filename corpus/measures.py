@@ -172,10 +172,38 @@ def lr_ratio(bug: Run, ref: Run, at_least: float) -> Finding:
 
 
 @measure("metric_ratio")
-def metric_ratio(bug: Run, ref: Run, metric: str, at_most: float) -> Finding:
-    """A final metric of the bug run over the reference's (the visible cost of the bug)."""
+def metric_ratio(bug: Run, ref: Run, metric: str, at_most: float = math.inf, at_least: float = 0.0) -> Finding:
+    """A final metric of the bug run over the reference's (the visible cost of the bug): at
+    most `at_most` times it (an accuracy), or at least `at_least` times it (a loss)."""
     b, r = float(bug.metrics[metric]), float(ref.metrics[metric])
-    return Finding("metric_ratio", b <= at_most * r, f"{metric} {b:.3f} vs {r:.3f} in the reference", b / r, r)
+    return Finding("metric_ratio", at_least * r <= b <= at_most * r, f"{metric} {b:.3f} vs {r:.3f} in the reference",
+                   b / r, r)
+
+
+@measure("update_persistence")
+def update_persistence(bug: Run, ref: Run, at_least: float) -> Finding:
+    """Median cosine between consecutive updates (a script's own update loop,
+    probe.grad_cosines): gradients never cleared make each update mostly the sum of the ones
+    before, so consecutive updates point the same way even when clipping hides their size."""
+    b, r = statistics.median(bug.probe.grad_cosines[5:]), statistics.median(ref.probe.grad_cosines[5:])
+    return Finding("update_persistence", b >= at_least and r < at_least,
+                   f"consecutive updates' cosine {b:.2f} (reference {r:.2f})", b, r)
+
+
+def _final_grad_norm(run: Run) -> float:
+    grads = [p.grad.detach().float() for p in run.model.parameters() if p.grad is not None]
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads)) if grads else 0.0
+
+
+@measure("final_grad_norm_ratio")
+def final_grad_norm_ratio(bug: Run, ref: Run, at_least: float) -> Finding:
+    """The gradient left in the returned model after the run (the last update's), bug over
+    reference: gradients never cleared hold the sum of every batch's (steps taken by the
+    script's own loop or inside a framework, which optimizer hooks do not show)."""
+    b, r = _final_grad_norm(bug), _final_grad_norm(ref)
+    ratio = b / r if r > 0 else math.inf
+    return Finding("final_grad_norm_ratio", ratio >= at_least,
+                   f"gradient norm left after the run {b:.3g} vs {r:.3g} in the reference (x{ratio:.2g})", ratio)
 
 
 @measure("metric_at_least")

@@ -73,6 +73,9 @@ class Probe:
     snapshots: Dict[int, Dict[str, torch.Tensor]] = field(default_factory=dict)
     first_eval: Dict[int, Tuple[torch.Tensor, Dict[str, bool]]] = field(default_factory=dict)
     grad_seen: set = field(default_factory=set)          # ids of params that had a nonzero grad
+    # a script without torch.optim (its own updates): cosine between consecutive updates,
+    # the parameters' changes between consecutive top-level training calls of the model
+    grad_cosines: List[float] = field(default_factory=list)
     dead: Dict[int, List[Tuple[int, float]]] = field(default_factory=dict)  # ReLU id -> (step, fraction)
     faults: List[str] = field(default_factory=list)   # errors of the probe itself
     start: float = 0.0
@@ -99,6 +102,8 @@ class Probe:
     def _guard(self, hook: Any) -> Any:
         """A probe error is recorded (and fails the verification), never raised into the script."""
         def guarded(*args: Any) -> None:
+            if torch.compiler.is_compiling():  # nothing of the probe inside a compiled graph
+                return
             try:
                 hook(*args)
             except Exception as e:  # noqa: BLE001 - reported as a probe fault
@@ -139,11 +144,30 @@ class Probe:
                     fraction = float((out <= 0).all(dim=reduce).float().mean())
                     self.dead.setdefault(id(module), []).append((len(self.steps), fraction))
 
+    def _record_update_direction(self, module: nn.Module) -> None:
+        # the parameters' change since the previous training call is the update applied in
+        # between, whoever applied it (module hooks see no optimizer-free update itself)
+        if self.optimizers or len(self.grad_cosines) >= GRAD_STEPS:
+            return
+        flat = torch.cat([q.detach().reshape(-1).float() for q in module.parameters()])
+        previous, self._last_params = getattr(self, "_last_params", None), flat.clone()
+        if previous is None or previous.numel() != flat.numel():
+            return
+        delta, last = flat - previous, getattr(self, "_last_delta", None)
+        self._last_delta = delta
+        if last is not None:
+            denom = float(last.norm() * delta.norm())
+            self.grad_cosines.append(float(last @ delta) / denom if denom > 0 else float("nan"))
+
     def _record_call(self, module: nn.Module, args: Tuple[Any, ...]) -> Call:
+        # a torch.compile wrapper stands for the model it compiles (the one main() returns)
+        module = getattr(module, "_orig_mod", module) if type(module).__name__ == "OptimizedModule" else module
         x = next((a for a in args if torch.is_tensor(a)), None)
         call = Call(module=id(module), step=len(self.steps), training=module.training,
                     grad_enabled=torch.is_grad_enabled(), shape=tuple(x.shape) if x is not None else ())
         with torch.no_grad():
+            if call.training and call.grad_enabled:
+                self._record_update_direction(module)
             if x is not None and x.is_floating_point() and x.dim() >= 3:
                 dims = [0] + list(range(2, x.dim()))
                 ch = x[:, :4].float()

@@ -1,169 +1,27 @@
-"""The tracer observes without changing anything, survives its own faults, and records
-what docs/observations.md promises."""
+"""The tracer's parts that run no script: step kinds, losses and inputs wherever they are,
+outputs, compiled models, and the private torch structure it reads (docs/observations.md)."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import SCRIPTS, run_invar
-from tracer import stats
-from tracer.runner import run_script
-from tracer.session import TraceConfig
 from invariants.app.store import Store
-
-PLAIN = str(SCRIPTS / "plain_train.py")
-
-
-def _rows(*args: str, steps: int = 0, **kw):
-    rows = []
-    res = run_script(PLAIN, list(args), TraceConfig(steps=steps), rows.extend, **kw)
-    return res, rows
+from tracer import calls, stats
+from tracer.blocks import block_map, block_prefixes, clean_name
+from tracer.session import TraceConfig, TraceSession
 
 
 def _values(rows, variable, phase="train"):
     return [r[3] if r[3] is not None else r[4] for r in rows if r[2] == variable and r[1] == phase]
 
 
-def test_traced_run_is_bitwise_identical_to_untraced(tmp_path: Path, store: Path) -> None:
-    plain, traced = tmp_path / "plain.pt", tmp_path / "traced.pt"
-    subprocess.run([sys.executable, PLAIN, "--out", str(plain)], check=True, capture_output=True,
-                   cwd=SCRIPTS)
-    r = run_invar("trace", PLAIN, "--steps", "0", "--store", str(store), "--", "--out", str(traced))
-    assert r.returncode == 0, r.stderr
-    a, b = torch.load(plain), torch.load(traced)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-        assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), k
-
-
-def test_observer_fault_never_reaches_the_script(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(x):
-        raise ValueError("observer bug")
-    monkeypatch.setattr(stats, "input_stats", broken)
-    res, rows = _rows("--epochs", "1")
-    assert res.status == "complete"
-    assert res.steps == 12
-    faults = _values(rows, "tracer.fault")
-    assert faults and "observer bug" in faults[0]
-    assert _values(rows, "block.head.grad_norm")  # other observers keep working
-
-
-def test_script_crash_exits_3_keeps_partial_trace_and_prints_traceback(store: Path) -> None:
-    r = run_invar("trace", PLAIN, "--store", str(store), "--", "--crash-at", "3")
-    assert r.returncode == 3, r.stderr
-    assert "RuntimeError: boom at step 3" in r.stderr
-    assert "plain_train.py" in r.stderr and "tracer/runner.py" not in r.stderr
-    with Store(store) as s:
-        (run,) = s.runs()
-        assert run.status == "crashed" and run.steps == 3
-        assert s.observation_count(run.id) > 100
-
-
-def test_script_features_are_supported() -> None:
-    # __main__ guard, argparse after --, sibling import, functional loss, two param groups,
-    # a shape-dependent `if` (fx fails, torch.export captures the graph), sys.exit(0).
-    from tracer.graph import GraphCapture
-    graph = GraphCapture()
-    res, rows = _rows("--functional", "--exit-zero", extensions=[graph])
-    assert res.status == "complete", res.error
-    assert res.steps == 12
-    assert _values(rows, "optim.groups")[0] == 2.0
-    assert _values(rows, "optim.g1.lr")[0] == 0.1
-    assert _values(rows, "loss.value")
-    assert _values(rows, "label.max")
-    assert "torch.export graph" in graph.summary() and "control flow" in graph.summary()
-    assert graph.record is not None and graph.record.kind == "export" and res.root_model
-
-
-def test_step_budget_and_recorded_variables() -> None:
-    res, rows = _rows("--overlap", steps=5)
-    assert res.status == "budget" and res.steps == 5
-    assert _values(rows, "input.shape")[0] == "3x8x8"
-    assert _values(rows, "output.width")[0] == 4.0
-    assert _values(rows, "block.features.0.trainable_fraction") == [1.0] * 5
-    assert _values(rows, "block.head.in_optimizer_fraction") == [1.0] * 5
-    assert _values(rows, "block.head.no_grad_fraction") == [0.0] * 5
-    assert all(v > 0 for v in _values(rows, "block.head.update_ratio"))
-    assert _values(rows, "data.overlap", "eval") == [128.0]  # Subset indices over one base
-    assert _values(rows, "loader.train.batch_size")[0] == 32.0
-    assert _values(rows, "act.features.2.dead_fraction")
-    assert max(r[0] for r in rows) == 4
-
-
-def test_no_overlap_when_splits_are_disjoint() -> None:
-    _, rows = _rows(steps=2)
-    assert _values(rows, "data.overlap", "eval") == [0.0]
-
-
 def test_broadcast_detection() -> None:
     assert stats.broadcast_larger([8, 1], [8])
     assert not stats.broadcast_larger([8, 10], [8, 10])
-
-
-@pytest.mark.parametrize("case, code, message", [
-    ("missing", 2, "no such script"),
-    ("syntax", 4, "SyntaxError"),
-    ("unwritable", 5, "cannot create or write the store"),
-    ("corrupt", 6, "not a usable SQLite database"),
-])
-def test_bad_input_gives_one_line_and_distinct_exit(tmp_path: Path, case: str, code: int, message: str) -> None:
-    script, store = PLAIN, tmp_path / "store"
-    if case == "missing":
-        script = str(tmp_path / "nope.py")
-    elif case == "syntax":
-        script = str(tmp_path / "bad.py")
-        Path(script).write_text("def broken(:\n    pass\n")
-    elif case == "unwritable":
-        (tmp_path / "file").write_text("not a directory")
-        store = tmp_path / "file" / "store"
-    elif case == "corrupt":
-        store.mkdir()
-        (store / "traces.sqlite").write_bytes(b"garbage" * 1000)
-    r = run_invar("trace", script, "--steps", "1", "--store", str(store))
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert message in r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-
-
-def test_runs_and_show(store: Path) -> None:
-    r = run_invar("trace", PLAIN, "--steps", "2", "--label", "smoke", "--store", str(store))
-    assert r.returncode == 0, r.stderr
-    run_id = r.stdout.split()[1]
-    listing = run_invar("runs", "--store", str(store))
-    assert run_id in listing.stdout and "smoke" in listing.stdout
-    shown = run_invar("show", run_id[:17], "--store", str(store))
-    assert shown.returncode == 0 and "block:" in shown.stdout and "optim:" in shown.stdout
-
-
-def test_store_accepts_concurrent_writers(tmp_path: Path) -> None:
-    # The writers open the new store at the same instant (as the ranks of a torchrun launch
-    # do): the switch to WAL mode is contended, and SQLite does not wait for it by itself.
-    import time
-    code = (
-        "import sys, time; from invariants.app.store import Store\n"
-        "while time.time() < float(sys.argv[3]): pass\n"
-        "s = Store(sys.argv[1]); rid = s.new_run('x.py', [], label=sys.argv[2])\n"
-        "for k in range(20): s.add_observations(rid, [(k, 'train', 'v', float(i), None) for i in range(50)])\n"
-        "s.finish_run(rid, 'complete', 20)\n")
-    for round_ in range(3):
-        store, start = tmp_path / f"st{round_}", time.time() + 2.0
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(store), str(i), str(start)],
-                                  cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
-                 for i in range(6)]
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-        assert all(p.returncode == 0 for p in procs), "\n".join(errors)
-        with Store(store) as s:
-            runs = s.runs()
-            assert len(runs) == 6
-            assert all(s.observation_count(r.id) == 1000 for r in runs)
-
 
 class _FunctionalNet(torch.nn.Module):
     """Rectifiers called as functions, as a method and as a module."""
@@ -338,7 +196,6 @@ def test_ids_resolve_by_prefix_and_name_some_of_many_matches(tmp_path: Path) -> 
         assert [i.id for i in s.invariant_sets()][:1] == ["set-20260101-000000-aaaa"]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates torch.jit.script
 def test_torchscript_compiles_inside_a_traced_run() -> None:
     # TorchScript compiles the source of what it finds; the tracer's wrappers (relu,
     # dropout, losses) must not be what it finds.
@@ -359,48 +216,141 @@ def test_torchscript_compiles_inside_a_traced_run() -> None:
     assert torch.nn.functional.relu is not None and torch.jit.script.__module__.startswith("torch")
 
 
-def test_extensions_see_the_run_in_order_and_their_faults_stay_inside() -> None:
-    from tracer.extension import Extension
 
-    class Watcher(Extension):
-        name = "watcher"
+def _mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 
-        def __init__(self) -> None:
-            self.events: list = []
 
-        def attach(self, session) -> None:
-            self.events.append("attach")
+def _batch():
+    return torch.randn(16, 4), torch.randint(0, 3, (16,))
 
-        def on_first_call(self, session, root, args, kwargs) -> None:
-            self.events.append("first")
 
-        def on_input(self, session, root, args, kwargs) -> None:
-            self.events.append("input")
+def test_a_closure_step_observes_the_gradients_its_closure_computed() -> None:
+    # Lightning's automatic optimization: forward, zero_grad and backward run inside
+    # optimizer.step(closure); its gradients and zero_grad call belong to that step.
+    model, rows = _mlp(), []
+    with TraceSession(TraceConfig(steps=4), rows.extend), contextlib.suppress(BaseException):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(6):
+            x, y = _batch()
 
-        def on_output(self, session, root, output) -> None:
-            self.events.append("output")
+            def closure():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                return loss
+            opt.step(closure=closure)
+    assert _values(rows, "block.0.no_grad_fraction") == [0.0] * 4
+    assert _values(rows, "optim.zero_grad_calls") == [1.0] * 3
+    assert len(_values(rows, "loss.value")) == 4 and _values(rows, "block.0.update_ratio")
 
-        def on_step(self, session, optimizer) -> None:
-            self.events.append("step")
-            session.record("train", "watch.step", session.step)
 
-        def on_end(self, session) -> None:
-            self.events.append("end")
+def test_a_loop_without_torch_optim_has_steps() -> None:
+    # A backward, then the script's own update through .data (no version counter moves),
+    # and a custom loss: steps, gradients, updates, zero_grad and the loss are all there.
+    torch.manual_seed(0)
+    model, rows = _mlp(), []
+    with TraceSession(TraceConfig(steps=4), rows.extend) as session, contextlib.suppress(BaseException):
+        for _ in range(6):
+            x, y = _batch()
+            model.zero_grad()
+            loss = -torch.log_softmax(model(x), 1)[torch.arange(16), y].mean()
+            loss.backward()
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+    assert session.step == 4
+    assert _values(rows, "block.0.no_grad_fraction") == [0.0] * 4
+    assert _values(rows, "block.0.in_optimizer_fraction") == []  # no optimizer to hold them
+    assert _values(rows, "block.0.update_ratio")[0] > 0
+    assert _values(rows, "optim.zero_grad_calls") == [1.0] * 3
+    assert len(_values(rows, "loss.value")) == 4  # from the tensor backward() was called on
+    assert _values(rows, "input.batch") == [16.0] * 3  # from step 1: the root is known at the first backward
 
-        def facts(self) -> dict:
-            return {"steps_watched": self.events.count("step")}
 
-    class Broken(Extension):
-        name = "broken"
+class _HFLike(torch.nn.Module):
+    """Called with keywords only, computes its loss from labels=, returns a ModelOutput-like
+    dataclass with the loss first."""
 
-        def on_input(self, session, root, args, kwargs) -> None:
-            raise ValueError("extension bug")
+    @dataclasses.dataclass
+    class Output:
+        loss: torch.Tensor
+        logits: torch.Tensor
 
-    watcher = Watcher()
-    res, rows = _rows(steps=2, extensions=[Broken(), watcher])
-    assert res.status == "budget" and res.steps == 2
-    assert watcher.events[:4] == ["attach", "first", "input", "output"] and watcher.events[-1] == "end"
-    assert _values(rows, "watch.step") == [0.0, 1.0]
-    assert res.faults == ["broken: ValueError: extension bug"]  # recorded once, then silenced
-    assert res.facts == {"steps_watched": 2}
-    assert _values(rows, "input.shape")  # the built-in observers are not affected
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        logits = self.head((self.embed(input_ids) * attention_mask[..., None]).mean(1))
+        return self.Output(torch.nn.functional.cross_entropy(logits, labels), logits)
+
+
+def test_keyword_inputs_and_a_loss_computed_in_forward_are_observed() -> None:
+    model, rows = _HFLike(), []
+    with TraceSession(TraceConfig(), rows.extend):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            mask = torch.ones(8, 6, dtype=torch.long)
+            mask[:, 4:] = 0
+            out = model(input_ids=torch.randint(0, 20, (8, 6)), attention_mask=mask,
+                        labels=torch.randint(0, 3, (8,)), num_items_in_batch=torch.tensor(8))
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert _values(rows, "input.shape") == ["6", "6"] and _values(rows, "input.dtype") == ["int64"] * 2
+    assert _values(rows, "input.attention_mask.mean") == [pytest.approx(4 / 6)] * 2
+    assert not [r for r in rows if "num_items_in_batch" in r[2]]  # a scalar, not an input
+    assert _values(rows, "output.width") == [3.0, 3.0]  # the logits, not the scalar loss
+    assert _values(rows, "loss.class_width") == [3.0, 3.0] and len(_values(rows, "loss.value")) == 2
+    assert _values(rows, "label.shape") == ["()", "()"]
+
+
+def test_the_output_stands_for_predictions_never_the_loss() -> None:
+    logits, loss = torch.randn(4, 3), torch.tensor(1.0)
+    assert calls.model_output((logits, loss)) is logits
+    assert calls.model_output((loss, logits)) is logits
+    assert calls.model_output({"loss": loss, "hidden": logits}) is logits
+    per_sample = torch.rand(4)  # reduction="none": what a loss function returned in the forward
+    assert calls.model_output((per_sample, logits), losses=(id(per_sample),)) is logits
+    assert calls.model_output(_HFLike.Output(loss, logits)) is logits
+
+
+def test_the_batch_dimension_of_time_major_input() -> None:
+    assert calls.batch_dim(torch.zeros(35, 20), 20) == 1   # [T, B] with the loader's batch
+    assert calls.batch_dim(torch.zeros(20, 35), 20) == 0
+    assert calls.batch_dim(torch.zeros(10, 16, 16), 16) == 0  # ambiguous: dim 0 stands
+    assert calls.primary_input((), {"labels": torch.zeros(2), "pixel_values": torch.ones(2, 3)}).sum() == 6
+
+
+def test_compiled_modules_keep_their_eager_names() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    model.head = torch.compile(torch.nn.Linear(8, 2))  # a compiled submodule
+    assert block_prefixes(model) == ["0", "1", "head"]
+    assert block_map(model).names == ("0", "head")
+    assert clean_name("head._orig_mod.weight") == "head.weight"
+
+    from tracer.root import RootTracker
+    roots, wrapper = RootTracker(), torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # held weakly by the tracker: kept here
+    roots.optimizer_created(opt)
+    roots.consider(wrapper)
+    assert roots.root is model and roots.compiled and roots.is_root_call(wrapper)
+    assert roots.name_of(model.head._orig_mod) == "head"
+
+
+def test_private_torch_structure_the_tracer_reads() -> None:
+    # Keyword arguments come from nn.Module._call_impl's `inner` frame, and compilation is
+    # told by torch.compiler's flag: an upgrade that moves either must fail here, loudly.
+    assert calls._INNER is not None and "kwargs" in calls._INNER.co_freevars
+    assert isinstance(torch.compiler._is_compiling_flag, bool)
+    seen = []
+
+    def hook(module, args):
+        seen.append(dict(calls.call_kwargs()))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        _HFLike()(input_ids=torch.zeros(1, 2, dtype=torch.long), attention_mask=torch.ones(1, 2),
+                  labels=torch.zeros(1, dtype=torch.long))
+    finally:
+        handle.remove()
+    assert sorted(seen[0]) == ["attention_mask", "input_ids", "labels"]

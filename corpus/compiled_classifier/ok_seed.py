@@ -1,0 +1,10 @@
+"""compiled_classifier ok: another default seed."""
+from common import run
+
+
+def main(argv=None):
+    return run(argv, seed=4)
+
+
+if __name__ == "__main__":
+    main()
