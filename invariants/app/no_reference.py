@@ -75,18 +75,20 @@ def totals(rows: Sequence[Any]) -> Dict[str, Any]:
 
 
 def cell(row: Any) -> str:
-    """The table cell: what the check against the built-in set said of this run."""
+    """The table cell: what the check against the built-in set said of this run (bold: a
+    false alarm, or a universal bug not found as an error with its cause)."""
     r = row.no_reference
     if not r:
         return "-"
     causes = ", ".join(c.split("@")[0] for c in r["root_causes"][:2])
     if row.kind != "bug":
         return ("**false alarm**: " + causes if r["errors"] else "clean") + (f" ({r['warnings']} warn.)" if r["warnings"] else "")
-    if r["detected"]:
-        return f"{'yes' if r['matched'] else '**wrong cause**'}: {causes} (step {r['first_step']})"
-    if r["warned"]:
-        return "warning only: " + ", ".join(c.split("@")[0] for c in r["warning_causes"][:2])
-    return "**no**" if row.universal else "no (needs a reference)"
+    if r["detected"] and r["matched"]:
+        return f"yes: {causes} (step {r['first_step']})"
+    if row.universal:
+        return f"**wrong cause**: {causes}" if r["detected"] else "**no**"
+    seen = causes if r["detected"] else ", ".join(c.split("@")[0] for c in r["warning_causes"][:2]) if r["warned"] else ""
+    return "needs a reference" + (f" (reported: {seen})" if seen else "")
 
 
 def summary(t: Dict[str, Any]) -> List[str]:

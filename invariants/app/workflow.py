@@ -13,13 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from invariants import __version__, invfile, policy
+from invariants import __version__, builtin, invfile, policy
 from invariants.app.store import DB_NAME, Store
 from invariants.errors import InvarError
 from invariants.model import InvariantSet, at_least
 from tracer.extension import Extension, SessionView
 
 if TYPE_CHECKING:
+    from invariants.builtin import Confirmation
     from invariants.check import Violation
     from invariants.mine import MineResult
     from invariants.report import CheckReport
@@ -78,6 +79,7 @@ class InferOutcome:
     runs: List["RunResult"]
     references: List[ReferenceRun] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)  # for stderr: mixed scripts, thin support
+    builtins: Optional["Confirmation"] = None  # what the reference runs said of the built-in set
 
 
 def support_warning(runs: int, fix: str = f"use --runs {PER_RUN_SUPPORT} or more") -> Optional[str]:
@@ -148,7 +150,8 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
             refs.append(_reference(store, res.run_id, res.script, res.steps, res.observations))
     meta = _meta(script, args, steps, [r.run_id for r in results])
     invariants, mined = mine(rows_per_run, meta)
-    return InferOutcome(invariants, mined, results, refs)
+    invariants, confirmation = builtin.with_builtins(invariants, rows_per_run)  # kept, marked origin: builtin
+    return InferOutcome(invariants, mined, results, refs, builtins=confirmation)
 
 
 def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar",
@@ -163,9 +166,10 @@ def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar",
     steps = max((i.steps for i in infos), default=0)
     meta = _meta(infos[0].script, infos[0].argv, steps, [i.id for i in infos])
     invariants, mined = mine(rows, meta)
+    invariants, confirmation = builtin.with_builtins(invariants, rows)  # kept, marked origin: builtin
     thin = support_warning(len(infos), support_fix)
     warnings = [w for w in (_mixed_scripts_warning(refs), thin) if w]
-    return InferOutcome(invariants, mined, [], refs, warnings)
+    return InferOutcome(invariants, mined, [], refs, warnings, builtins=confirmation)
 
 
 def _reference(store: Store, run_id: Optional[str], script: str, steps: int, observations: int) -> ReferenceRun:
@@ -270,8 +274,11 @@ def coverage_from_store(report: "CheckReport", invariants: InvariantSet, store_d
 
 
 def load_invariants(source: str, store_dir: str = ".invar") -> InvariantSet:
-    """An invariant file, or the id (or a unique id prefix) of an invariant set saved in
-    the store; InvariantFileError when it is neither. Never creates a store."""
+    """An invariant file, `builtin` (the built-in set), or the id (or a unique id prefix) of
+    an invariant set saved in the store; InvariantFileError when it is none of them. Never
+    creates a store."""
+    if builtin.is_builtin_source(source) and not os.path.exists(source):
+        return builtin.builtin_set()
     if os.path.exists(source):
         return invfile.load(source)
     has_store = os.path.isfile(os.path.join(store_dir, DB_NAME))

@@ -34,4 +34,13 @@ def test_corpus_detection_table(tmp_path) -> None:
                                               "leakage", "input_size", "input_scale", "weight_decay"}]
     assert structural and all(row["first_step"] is not None and row["first_step"] <= 1 for row in structural), \
         [(row["variant"], row["first_step"]) for row in structural]
+    # the "no reference" column (docs/builtin.md): every universal bug found by the built-in set
+    # alone, as an error with its root cause; no valid run fails it
+    nr = t["no_reference"]
+    no_ref = [(row["case"], row["variant"], row["no_reference"]["root_causes"]) for row in doc["rows"]
+              if row["universal"] and not (row["no_reference"]["detected"] and row["no_reference"]["matched"])]
+    assert nr["universal_bugs"] >= 20 and nr["recall"] == 1.0 and nr["exact_root_cause"] == 1.0, no_ref
+    assert nr["false_alarms"] == nr["loo_false_alarms"] == nr["whole_run_false_alarms"] == 0, \
+        [(row["case"], row["variant"]) for row in doc["rows"] if row["kind"] != "bug" and row["no_reference"]["errors"]]
+    assert nr["incomplete_clean_runs"] == 0
     assert r.returncode == 0, r.stderr[-2000:]

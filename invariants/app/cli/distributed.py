@@ -200,9 +200,11 @@ def check(ctx: click.Context, invariants: Any) -> None:
 
 
 def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
+    from invariants import allow, builtin
     from invariants.app import outputs, workflow
     p = ctx.params
     result = workflow.coverage_from_store(result, invariants, p["store_dir"])  # what was not checked, and why
+    result = builtin.annotate(result, invariants, allow.rules_from(p.get("allow") or (), p.get("allow_files") or ()))
     result.allow_unchecked = bool(p.get("allow_unchecked"))
     text, told = outputs.finish(result, invariants, p["fmt"], p["store_dir"], p.get("tensorboard"))
     for line in told:

@@ -15,6 +15,7 @@ from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option
 from invariants.app.scripts import check_script
 from invariants.app.store import Store
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING
+from invariants.builtin import NAME as BUILTIN
 from invariants.errors import UsageError
 
 TRACE_EXITS = exit_help((Exit.OK, "the run was recorded"), (Exit.BAD_INPUT, "bad usage or missing script"),
@@ -85,11 +86,20 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
             print_crash(e.result)
             sys.exit(Exit.PIPELINE_CRASHED)
     write_invariants(outcome, output, store_dir, explain)
+    for line in outcome.builtins.lines() if outcome.builtins else ():  # which built-ins the reference confirmed
+        click.echo(line)
 
 
 @click.command(epilog=CHECK_EXITS)
 @script_arguments
-@click.option("--against", required=True, help="Invariant file (or stored invariant set id or unique prefix).")
+@click.option("--against", default=BUILTIN, show_default=True,
+              help="Invariant file, stored invariant set id (or unique prefix), or `builtin`: the built-in set "
+                   "that holds for virtually every correct pipeline, no reference run needed (docs/builtin.md).")
+@click.option("--allow", "allow", multiple=True, metavar="FAMILY[@BLOCK]",
+              help="A deliberate exception (e.g. frozen@backbone): its violations are reported as allowed, not "
+                   "failed on (repeatable).")
+@click.option("--allow-file", "allow_files", multiple=True, metavar="FILE",
+              help="Allow-list file: one FAMILY[@BLOCK] per line, `# why` after it (repeatable).")
 @click.option("--steps", default=None, type=int, help="Optimizer steps to trace [default: the reference's].")
 @click.option("--format", "fmt", type=click.Choice(outputs.FORMATS), default="text", show_default=True,
               help="Report format; html: one self-contained page with plots of each violated variable against "
@@ -103,14 +113,17 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 @allow_unchecked_option
 @store_option
 @trace_options(CHECK_SAMPLING, "as many as the reference ran on")
-def check(script: str, script_args: Sequence[str], against: str, steps: Optional[int], fmt: str,
-          output: Optional[str], tensorboard: Optional[str], fail_fast: bool, fail_on: str, allow_unchecked: bool,
-          store_dir: str, dense_steps: int, sample_every: int, block_depth: int,
+def check(script: str, script_args: Sequence[str], against: str, allow: Sequence[str], allow_files: Sequence[str],
+          steps: Optional[int], fmt: str, output: Optional[str], tensorboard: Optional[str], fail_fast: bool,
+          fail_on: str, allow_unchecked: bool, store_dir: str, dense_steps: int, sample_every: int, block_depth: int,
           nproc_per_node: Optional[int]) -> None:
-    """Check SCRIPT against learned invariants while it runs."""
+    """Check SCRIPT while it runs: against learned invariants (--against FILE), or against
+    the built-in set (the default)."""
     check_script(script)
     outputs.prepare(fmt, tensorboard)  # a missing extra fails now, not after the run
+    from invariants import allow as allowing, builtin
     from invariants.app import workflow
+    rules = allowing.rules_from(allow, allow_files)
     invs = workflow.load_invariants(against, store_dir)
     if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
         return ranked.check(click.get_current_context(), invs)
@@ -121,6 +134,7 @@ def check(script: str, script_args: Sequence[str], against: str, steps: Optional
     with redirect:
         result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
                                 fail_on=fail_on, store_dir=store_dir, config=cfg)
+    result = builtin.annotate(result, invs, rules)
     result.allow_unchecked = allow_unchecked
     text, told = outputs.finish(result, invs, fmt, store_dir, tensorboard)
     for line in told:
