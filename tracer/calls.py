@@ -84,8 +84,9 @@ def call_labels(args: tuple, kwargs: Mapping[str, Any]) -> Optional[torch.Tensor
 def batch_dim(x: torch.Tensor, batch_size: Optional[int]) -> int:
     """Which dimension of the input `x` is the batch: the one of size `batch_size` (the
     loader's batch size, or the labels' length) when dim 0 is not and exactly one other is
-    (time-major sequences, `[T, B]`), else 0."""
-    if batch_size is None or x.dim() < 2 or x.shape[0] == batch_size:
+    (time-major sequences, `[T, B]`), else 0. A dim 0 that divides `batch_size` stays the
+    batch: a micro-batch of gradient accumulation (`x.chunk(k)`)."""
+    if batch_size is None or x.dim() < 2 or x.shape[0] == 0 or batch_size % x.shape[0] == 0:
         return 0
     dims = [d for d in range(1, x.dim()) if x.shape[d] == batch_size]
     return dims[0] if len(dims) == 1 else 0

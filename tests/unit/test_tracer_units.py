@@ -319,6 +319,7 @@ def test_the_batch_dimension_of_time_major_input() -> None:
     assert calls.batch_dim(torch.zeros(35, 20), 20) == 1   # [T, B] with the loader's batch
     assert calls.batch_dim(torch.zeros(20, 35), 20) == 0
     assert calls.batch_dim(torch.zeros(10, 16, 16), 16) == 0  # ambiguous: dim 0 stands
+    assert calls.batch_dim(torch.zeros(16, 32), 32) == 0  # a micro-batch of 16 from a loader's 32
     assert calls.primary_input((), {"labels": torch.zeros(2), "pixel_values": torch.ones(2, 3)}).sum() == 6
 
 
