@@ -52,8 +52,8 @@ def trace_to_store(store: Store, script: str | os.PathLike, args: Sequence[str],
     path = check_script(script)
     run_id = store.new_run(str(path), list(args), label=label, seed_offset=seed_offset,
                            rank=rank, world_size=world_size)
-    for key, value in (facts or {}).items():
-        store.set_fact(run_id, key, value)
+    for key, value in {"tracing": config.naming_options(), **(facts or {})}.items():
+        store.set_fact(run_id, key, value)  # tracing: the options that shape variable names
     writer = BufferedWriter(store, run_id, write_batch)
 
     def sink(rows: List[Observation]) -> None:

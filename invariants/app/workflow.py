@@ -148,7 +148,7 @@ def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, s
             results.append(res)
             rows_per_run.append(collected)
             refs.append(_reference(store, res.run_id, res.script, res.steps, res.observations))
-    meta = _meta(script, args, steps, [r.run_id for r in results])
+    meta = _meta(script, args, steps, [r.run_id for r in results], cfg.naming_options())
     invariants, mined = mine(rows_per_run, meta)
     invariants, confirmation = builtin.with_builtins(invariants, rows_per_run)  # kept, marked origin: builtin
     return InferOutcome(invariants, mined, results, refs, builtins=confirmation)
@@ -163,8 +163,9 @@ def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar",
         infos = [store.run(r) for r in run_ids]
         rows = [list(store.observations(i.id)) for i in infos]
         refs = [_reference(store, i.id, i.script, i.steps, len(r)) for i, r in zip(infos, rows)]
+        tracing = store.facts(infos[0].id).get("tracing") if infos else None
     steps = max((i.steps for i in infos), default=0)
-    meta = _meta(infos[0].script, infos[0].argv, steps, [i.id for i in infos])
+    meta = _meta(infos[0].script, infos[0].argv, steps, [i.id for i in infos], tracing)
     invariants, mined = mine(rows, meta)
     invariants, confirmation = builtin.with_builtins(invariants, rows)  # kept, marked origin: builtin
     thin = support_warning(len(infos), support_fix)
@@ -177,11 +178,17 @@ def _reference(store: Store, run_id: Optional[str], script: str, steps: int, obs
     return ReferenceRun(run_id or "", script, steps, observations, called)
 
 
-def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Optional[str]]) -> Dict[str, Any]:
+def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Optional[str]],
+          tracing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The invariant file's meta; `tracing`: the options that shaped the variable names
+    (`--block-depth`: check traces with them, tracer/config.py NAMING_OPTIONS)."""
     import torch
-    return {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
+    meta = {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
             "run_ids": [r for r in run_ids if r], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "torch": str(torch.__version__), "invar": __version__}
+    if tracing:
+        meta["tracing"] = dict(tracing)
+    return meta
 
 
 class FailFast(Extension):

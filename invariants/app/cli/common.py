@@ -106,15 +106,16 @@ def script_arguments(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("script", type=click.Path(dir_okay=False))(f)
 
 
-def trace_options(sampling: Sampling, ranks_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def trace_options(sampling: Sampling, ranks_default: str,
+                  depth_default: str = "1") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The tracing options of trace, infer and check, with this command's defaults."""
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         # Applied bottom-up: --help lists them in the reverse of this order.
         f = click.option("--nproc-per-node", "nproc_per_node", type=int, default=None, metavar="N",
                          help="Run SCRIPT on N local ranks under torchrun, one invar per rank "
                               f"(docs/distributed.md).  [default: {ranks_default}]")(f)
-        f = click.option("--block-depth", default=1, show_default=True, metavar="N",
-                         help="Module levels below the root model that form a block.")(f)
+        f = click.option("--block-depth", type=int, default=None, metavar="N",
+                         help=f"Module levels below the root model that form a block.  [default: {depth_default}]")(f)
         f = click.option("--sample-every", default=sampling.every, show_default=True, type=int, metavar="N",
                          help="After the dense steps, observe every N-th optimizer step.")(f)
         return click.option("--dense-steps", default=sampling.dense, show_default=True, type=int, metavar="N",
@@ -122,13 +123,27 @@ def trace_options(sampling: Sampling, ranks_default: str) -> Callable[[Callable[
     return decorate
 
 
-def trace_config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: int,
+def learned_block_depth(invariants: Any, against: str, block_depth: Optional[int]) -> Optional[int]:
+    """--block-depth for a check: the one the invariants were learned with (meta.tracing,
+    which names the block variables); a different one given is a UsageError, since the
+    invariants about blocks would then go unchecked. Files without it keep the option's."""
+    learned = (invariants.meta.get("tracing") or {}).get("block_depth")
+    if learned is None or block_depth in (None, learned):
+        return learned if learned is not None else block_depth
+    raise UsageError(f"--block-depth {block_depth} differs from the {learned} that {against} was learned with: "
+                     f"its block variables (block.*, act.*) would be named for other blocks and go unchecked. "
+                     f"Drop --block-depth (check uses {learned}), or re-run `invar infer --block-depth "
+                     f"{block_depth}`")
+
+
+def trace_config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: Optional[int],
                  sampling: Sampling) -> Any:
     """The TraceConfig of the tracing options; UsageError for values out of range."""
     from tracer.session import TraceConfig
     for name, value in (("--steps", steps), ("--dense-steps", dense_steps), ("--sample-every", sample_every)):
         if value is not None and value < 0:
             raise UsageError(f"{name} must be >= 0, got {value}")
+    block_depth = 1 if block_depth is None else block_depth
     if block_depth < 1:
         raise UsageError(f"--block-depth must be >= 1, got {block_depth}")
     return TraceConfig(steps=steps, dense_steps=sampling.dense if dense_steps is None else dense_steps,

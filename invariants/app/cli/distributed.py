@@ -14,8 +14,8 @@ from typing import Any, List, Optional
 
 import click
 
-from invariants.app.cli.common import (Exit, check_exit, err, print_crash, run_summary, trace_config,
-                                       write_invariants, write_report)
+from invariants.app.cli.common import (Exit, check_exit, err, learned_block_depth, print_crash, run_summary,
+                                       trace_config, write_invariants, write_report)
 from invariants.app.scripts import check_script
 from invariants.app.store import Store
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING, SEED_STRIDE, reference_steps
@@ -171,6 +171,7 @@ def check(ctx: click.Context, invariants: Any) -> None:
         raise UsageError("--fail-fast is not supported on several ranks (all ranks must stop at the same "
                          "step); drop it")
     budget = p["steps"] if p["steps"] is not None else reference_steps(invariants)
+    block_depth = learned_block_depth(invariants, p["against"], p["block_depth"])  # before any launch
     info = RankInfo.from_env()
     if info is None:
         nproc = _nproc(ctx, invariants)
@@ -180,7 +181,7 @@ def check(ctx: click.Context, invariants: Any) -> None:
         _report(ctx, invariants, ranks.check_group(p["store_dir"], group, invariants, nproc, script=p["script"],
                                                    against=p["against"], fail_on=p["fail_on"]))
         return
-    cfg = trace_config(budget, p["dense_steps"], p["sample_every"], p["block_depth"], CHECK_SAMPLING)
+    cfg = trace_config(budget, p["dense_steps"], p["sample_every"], block_depth, CHECK_SAMPLING)
     redirect = (contextlib.redirect_stdout(sys.stderr) if p["fmt"] != "text" and not p["output"]
                 else contextlib.nullcontext())
     with redirect:

@@ -10,8 +10,9 @@ import click
 from invariants.app import outputs
 from invariants.app.cli import distributed as ranked
 from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option, check_exit, err, exit_help,
-                                       print_crash, run_summary, script_arguments, store_option, trace_config,
-                                       trace_options, warn, write_invariants, write_report)
+                                       learned_block_depth, print_crash, run_summary, script_arguments,
+                                       store_option, trace_config, trace_options, warn, write_invariants,
+                                       write_report)
 from invariants.app.scripts import check_script
 from invariants.app.store import Store
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING
@@ -112,7 +113,7 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 @click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
 @allow_unchecked_option
 @store_option
-@trace_options(CHECK_SAMPLING, "as many as the reference ran on")
+@trace_options(CHECK_SAMPLING, "as many as the reference ran on", "the one the invariants were learned with, else 1")
 def check(script: str, script_args: Sequence[str], against: str, allow: Sequence[str], allow_files: Sequence[str],
           steps: Optional[int], fmt: str, output: Optional[str], tensorboard: Optional[str], fail_fast: bool,
           fail_on: str, allow_unchecked: bool, store_dir: str, dense_steps: int, sample_every: int, block_depth: int,
@@ -128,6 +129,7 @@ def check(script: str, script_args: Sequence[str], against: str, allow: Sequence
     if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
         return ranked.check(click.get_current_context(), invs)
     budget = steps if steps is not None else workflow.reference_steps(invs)
+    block_depth = learned_block_depth(invs, against, block_depth)
     cfg = trace_config(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
     # A machine-readable report owns stdout: the script's own prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if fmt != "text" and not output else contextlib.nullcontext()
