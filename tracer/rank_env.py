@@ -10,8 +10,6 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
-import torch
-
 _RANK_ENV = ("RANK", "WORLD_SIZE")
 
 
@@ -76,6 +74,7 @@ def destroy_default_group(incarnation: int) -> None:
     A re-created default group reuses its name, hence its keys in torchrun's store: a rank
     that re-initialises first reads a peer's stale address and hangs. Every rank moves the
     name on by the same amount (torch's private group counter, checked by the tests)."""
+    import torch  # here: `RankInfo` is read by commands that never load torch (a check's supervisor)
     dist = torch.distributed
     if not dist.is_available():
         return

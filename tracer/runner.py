@@ -3,6 +3,9 @@
 The script runs in this process through `runpy` as `__main__`, with its directory on
 `sys.path` and `sys.argv` set, exactly as `python SCRIPT ARGS` would run it. Seeding calls
 can be offset (`seed_offset`) so that reference runs really differ.
+
+How the run ended is its RunResult's status (tracer/ending.py); `os._exit` ends the process
+without unwinding, and the caller's `on_exit` still gets the run's result first.
 """
 from __future__ import annotations
 
@@ -13,41 +16,16 @@ import runpy
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from tracer.ending import Interrupts, RunResult, exit_reported, exit_status
 from tracer.extension import Extension
 from tracer.pending import Row
 from tracer.session import StepBudgetReached, StopRequested, TraceConfig, TraceSession
-
-
-@dataclass
-class RunResult:
-    """What happened in one traced run."""
-
-    run_id: Optional[str]             # the store's id, set by whoever records the run
-    script: str
-    status: str               # complete | budget | stopped | crashed | interrupted
-    steps: int
-    seconds: float
-    error: Optional[str] = None       # one line
-    traceback: Optional[str] = None   # the script's own traceback
-    faults: List[str] = field(default_factory=list)
-    graph: Optional[str] = None       # one-line summary, or why there is none (set by whoever captured it)
-    root_model: Optional[str] = None  # class of the root model (None: no model was trained)
-    facts: Dict[str, Any] = field(default_factory=dict)  # from the extensions' facts()
-    variables: int = 0
-    phases: List[str] = field(default_factory=list)
-    observations: int = 0
-    stop_reason: Optional[str] = None
-
-    @property
-    def crashed(self) -> bool:
-        return self.status == "crashed"
 
 
 @contextlib.contextmanager
@@ -100,9 +78,12 @@ def _script_traceback(exc: BaseException, script: Path) -> str:
 
 def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConfig,
                sink: Callable[[List[Row]], None], *, seed_offset: int = 0,
-               extensions: Sequence[Extension] = ()) -> RunResult:
+               extensions: Sequence[Extension] = (), on_exit: Optional[Callable[[RunResult], None]] = None,
+               interrupts: Optional[Interrupts] = None) -> RunResult:
     """Runs the script under a TraceSession with `extensions`; observations go to `sink`
-    as they are flushed."""
+    as they are flushed. Should the script end the process with `os._exit`, `on_exit`
+    gets the run's result (its session closed and flushed) before the process ends;
+    `interrupts` (a process that runs nothing else) turns SIGINT/SIGTERM into its ending."""
     path = Path(script).resolve()
     counted = [0]
 
@@ -112,8 +93,22 @@ def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConf
 
     session = TraceSession(config, counting_sink, extensions=extensions)
     start = time.perf_counter()
-    with script_environment(path, args), reseeded(seed_offset), session:
-        status, error, tb = _execute(path)
+
+    def exited_process(code: int) -> None:
+        assert on_exit is not None
+        session.__exit__(None, None, None)
+        status, error = exit_status(code)
+        on_exit(_result(path, session, start, counted[0], status, error, None))
+
+    with script_environment(path, args), reseeded(seed_offset), session, \
+            exit_reported(exited_process if on_exit is not None else None):
+        status, error, tb = _execute(path, interrupts)
+    return _result(path, session, start, counted[0], status, error, tb)
+
+
+def _result(path: Path, session: TraceSession, start: float, observations: int, status: str,
+            error: Optional[str], tb: Optional[str]) -> RunResult:
+    """The RunResult of an ended session (its extensions' facts read now)."""
     seconds = time.perf_counter() - start
     root = session.root
     faults, facts = list(session.faults), {}
@@ -125,24 +120,24 @@ def run_script(script: str | os.PathLike, args: Sequence[str], config: TraceConf
     return RunResult(run_id=None, script=str(path), status=status, steps=session.step,
                      seconds=seconds, error=error, traceback=tb, faults=faults,
                      variables=len(session.variables), phases=sorted(session.phases),
-                     observations=counted[0], stop_reason=session.stop_reason,
+                     observations=observations, stop_reason=session.stop_reason,
                      root_model=type(root).__name__ if root is not None else None, facts=facts)
 
 
-def _execute(path: Path) -> "tuple[str, Optional[str], Optional[str]]":
+def _execute(path: Path, interrupts: Optional[Interrupts] = None) -> "tuple[str, Optional[str], Optional[str]]":
     """Runs the script as __main__; returns (status, one-line error, script traceback)."""
     status, error, tb = "complete", None, None
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        with interrupts.armed() if interrupts is not None else contextlib.nullcontext():
+            runpy.run_path(str(path), run_name="__main__")
     except StepBudgetReached:
         status = "budget"
     except StopRequested:
         status = "stopped"
     except SystemExit as e:
-        if e.code not in (None, 0):
-            status, error = "crashed", f"the script exited with status {e.code}"
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted (Ctrl-C)"
+        status, error = exit_status(e.code)
+    except KeyboardInterrupt as e:
+        status, error = "interrupted", str(e) or "interrupted (Ctrl-C or KeyboardInterrupt)"
     except Exception as e:  # the user's program crashed: report it, keep the trace
         status = "crashed"
         error = f"{type(e).__name__}: {e}".splitlines()[0][:300]

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from invariants.app.record import trace_to_store
 from invariants.app.static import StaticPhase
-from invariants.app.store import RunInfo, Store
+from invariants.app.store import RunInfo, Store, is_failure
 from invariants.check import Checker, Violation
 from invariants.explain import explain
 from invariants.model import InvariantSet
@@ -195,7 +195,7 @@ def failure(runs: Sequence[RankRun], world_size: int, runs_per_rank: int = 1) ->
             if status == "running":
                 ends = "" if r.last_step is None else f"; its last observation is at step {r.last_step}"
                 roots.append(f"rank {rank} was killed (its run never ended{ends})")
-            elif status == "crashed":
+            elif is_failure(status):  # raised, exited non-zero (sys.exit, os._exit), killed
                 if PEER_FAILURE.search(error):
                     after.append(f"rank {rank} lost its peer{at}: {_first_sentence(error)}")
                 else:

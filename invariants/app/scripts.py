@@ -24,6 +24,11 @@ def check_script(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
         raise ScriptMissing(f"no such script: {path}")
+    try:  # a name from bytes that are not UTF-8 (surrogate escapes) cannot go into the store or a report
+        str(p.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ScriptMissing(f"the script's path is not valid UTF-8 ({ascii(str(p.resolve()))}): rename the file "
+                            f"or its folder") from None
     try:
         source = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

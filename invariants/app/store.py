@@ -6,9 +6,12 @@ infer runs) safe; observations are written in batches, one transaction per flush
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
+import shutil
 import sqlite3
 import time
 import uuid
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS invariant_sets (id TEXT PRIMARY KEY, created REAL, la
     body TEXT NOT NULL);
 """
 
-AMBIGUOUS_SHOWN = 5  # ids named in an "is ambiguous" message
+AMBIGUOUS_SHOWN = 5
+FULL_BELOW = 64 * 1024  # free bytes below which a store's disk is called full  # ids named in an "is ambiguous" message
 
 
 class StoreError(InvarError):
@@ -61,6 +65,60 @@ class StoreCorrupt(StoreError):
 
 class StoreMissing(StoreError):
     """No store where a reading command looked, or no (unique) run or set with that id."""
+
+
+# How a run ended (the `status` of `invar runs`). A run is `running` until its end is
+# recorded: by the traced process itself, or by the supervisor when that process died.
+RUNNING = "running"
+CLEAN_ENDINGS = ("complete", "budget", "stopped")  # the script ended, its step budget, or a stop request
+INTERRUPTED = "interrupted"  # SIGINT, SIGTERM or KeyboardInterrupt ended it
+KILLED = "killed"            # a signal or a timeout ended the process before it could say how
+
+
+def exited(code: int) -> str:
+    """The status of a run whose script ended the process with a non-zero status."""
+    return f"exited({code})"
+
+
+def is_failure(status: str) -> bool:
+    """Whether a run's status says the pipeline failed: it raised, exited non-zero, or was killed."""
+    return status in ("crashed", KILLED) or status.startswith("exited(")
+
+
+# SQLite's answers that mean the file itself is damaged; any other error is about the
+# place it lives in (read-only, full, gone, locked) and leaves the data intact.
+_CORRUPT_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+# Python < 3.11 names no error; a damaged text cell fails in Python's decoding, not SQLite.
+_CORRUPT_TEXT = re.compile(r"malformed|not a database|could not decode", re.I)
+
+
+def _is_corruption(e: sqlite3.Error) -> bool:
+    name = getattr(e, "sqlite_errorname", None) or ""
+    return name.startswith(_CORRUPT_CODES) or bool(_CORRUPT_TEXT.search(str(e)))
+
+
+def store_error(e: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The StoreError an SQLite error means while `doing` something with the store at
+    `path`: StoreCorrupt only for a damaged file, StoreUnwritable for everything else."""
+    said = (str(e).splitlines() or [""])[0][:160]  # a damaged cell's error quotes the cell
+    if _is_corruption(e):
+        return StoreCorrupt(f"store {path} is not a usable SQLite database ({said}); "
+                            f"move it away or pass --store to use another directory")
+    place = _place_problem(path.parent)
+    return StoreUnwritable(f"cannot {doing} the store {path}: {said}{f' ({place})' if place else ''}; the data "
+                           f"in it is intact: free some space or make it writable, or pass --store DIR")
+
+
+def _place_problem(directory: Path) -> str:
+    """What is wrong with the store's folder, in words ('' when nothing visible)."""
+    try:
+        if not os.access(directory, os.W_OK):
+            return "its folder is read-only"
+        if shutil.disk_usage(directory).free < FULL_BELOW:
+            return "the disk is full"
+    except OSError:
+        pass
+    return ""
 
 
 @dataclass(frozen=True)
@@ -96,7 +154,8 @@ class Store:
 
     def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, create: bool = True):
         """Opens (and with `create`, creates) the store. Readers pass `create=False`: a
-        missing store is then StoreMissing, and nothing is written."""
+        missing store is then StoreMissing, nothing is written, and a store in a place
+        that cannot be written (a read-only mount, a full disk) is opened read-only."""
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         if not create and not self.path.is_file():
@@ -106,17 +165,34 @@ class Store:
             if create:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            else:  # mode=rw: a store removed since the check above is not silently recreated
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
-                                           timeout=30.0, isolation_level=None)
+            else:
+                self._db = self._open_existing()
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._set_up(create)
-        except sqlite3.DatabaseError as e:
-            raise StoreCorrupt(f"store {self.path} is not a usable SQLite database ({e}); "
-                               f"move it away or pass --store to use another directory") from e
+        except sqlite3.Error as e:
+            raise store_error(e, self.path, "open") from e
         except OSError as e:
             raise StoreUnwritable(f"cannot create or write the store at {self.directory}: "
-                             f"{e.strerror or e}; pass --store DIR with a writable directory") from e
+                                  f"{e.strerror or e}; pass --store DIR with a writable directory") from e
+
+    def _open_existing(self) -> sqlite3.Connection:
+        """A connection to the existing file: read-write (mode=rw: a store removed since the
+        check is not silently recreated), else read-only where the WAL's shared-memory file
+        cannot be created (read-only mount, full disk): `mode=ro` while the WAL files exist,
+        else `immutable` (nothing can change a file nobody can write)."""
+        uri = self.path.resolve().as_uri()
+        last: Optional[sqlite3.Error] = None
+        for mode in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
+            try:
+                db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30.0, isolation_level=None)
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                return db
+            except sqlite3.Error as e:
+                if _is_corruption(e):
+                    raise
+                last = e
+        assert last is not None
+        raise last
 
     def _set_up(self, create: bool) -> None:
         """WAL mode, the schema and its version. Several processes opening a new store at
@@ -164,21 +240,26 @@ class Store:
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise StoreUnwritable(f"cannot write to the store {self.path}: {e}") from e
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise store_error(e, self.path, "write to") from e
 
     def new_run(self, script: str, argv: Sequence[str], label: Optional[str] = None,
                 seed_offset: int = 0, rank: int = 0, world_size: int = 1) -> str:
         """Registers a run in state `running` and returns its id."""
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self._write("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, label, script, json.dumps(list(argv)), time.time(), None,
-                     "running", 0, seed_offset, rank, world_size, None))
+                    (run_id, _text(label), _text(script), json.dumps(list(argv)), time.time(), None,
+                     RUNNING, 0, seed_offset, rank, world_size, None))
         return run_id
 
-    def finish_run(self, run_id: str, status: str, steps: int, error: Optional[str] = None) -> None:
-        self._write("UPDATE runs SET ended = ?, status = ?, steps = ?, error = ? WHERE id = ?",
-                    (time.time(), status, steps, error, run_id))
+    def finish_run(self, run_id: str, status: str, steps: int, error: Optional[str] = None,
+                   only_running: bool = False) -> None:
+        """Records how the run ended; with `only_running`, only if nothing recorded it yet
+        (the supervisor's word on a process that died comes after the process's own)."""
+        self._write("UPDATE runs SET ended = ?, status = ?, steps = ?, error = ? WHERE id = ?"
+                    + (f" AND status = '{RUNNING}'" if only_running else ""),
+                    (time.time(), status, steps, _text(error), run_id))
 
     def add_observations(self, run_id: str, rows: Iterable[Observation]) -> None:
         """Writes a batch of observations in one transaction."""
@@ -195,17 +276,24 @@ class Store:
 
     def save_invariant_set(self, set_id: str, label: str, body: str) -> None:
         self._write("INSERT OR REPLACE INTO invariant_sets VALUES (?, ?, ?, ?)",
-                    (set_id, time.time(), label, body))
+                    (set_id, time.time(), _text(label), body))
 
     # -- reading ----------------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        """All rows of a query; SQLite's errors become StoreErrors (a damaged page is
+        StoreCorrupt, found by the query that reads it)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise store_error(e, self.path, "read") from e
+
     def runs(self) -> List[RunInfo]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY started").fetchall()
-        return [_run_info(r) for r in rows]
+        return [_run_info(r) for r in self._query("SELECT * FROM runs ORDER BY started")]
 
     def run(self, run_id: str) -> RunInfo:
         """The run with this id, or a unique id prefix; StoreMissing if none or ambiguous."""
-        rows = self._db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
-                                "ORDER BY started", (run_id, _like_prefix(run_id))).fetchall()
+        rows = self._query("SELECT * FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
+                           "ORDER BY started", (run_id, _like_prefix(run_id))) if run_id else []
         exact = [r for r in rows if r[0] == run_id]
         if exact:
             return _run_info(exact[0])
@@ -216,45 +304,46 @@ class Store:
         raise StoreMissing(f"run id {run_id!r} is ambiguous: {_some([r[0] for r in rows])}")
 
     def observations(self, run_id: str) -> Iterator[Observation]:
-        """The run's observations in the order they were recorded."""
-        cur = self._db.execute(
-            "SELECT step, phase, variable, value, text FROM observations WHERE run_id = ? "
-            "ORDER BY rowid", (run_id,))
-        return map(Observation._make, cur)
+        """The run's observations in the order they were recorded (read as they are used)."""
+        try:
+            cur = self._db.execute("SELECT step, phase, variable, value, text FROM observations "
+                                   "WHERE run_id = ? ORDER BY rowid", (run_id,))
+            for row in cur:
+                yield Observation._make(row)
+        except sqlite3.Error as e:
+            raise store_error(e, self.path, "read") from e
 
     def observation_count(self, run_id: str) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM observations WHERE run_id = ?",
-                                (run_id,)).fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM observations WHERE run_id = ?", (run_id,))[0][0]
 
     def last_step(self, run_id: str) -> Optional[int]:
         """The last step with an observation (where a killed run's trace ends), or None."""
-        return self._db.execute("SELECT MAX(step) FROM observations WHERE run_id = ?",
-                                (run_id,)).fetchone()[0]
+        return self._query("SELECT MAX(step) FROM observations WHERE run_id = ?", (run_id,))[0][0]
 
     def variables(self, run_id: str) -> List[str]:
-        return [r[0] for r in self._db.execute(
-            "SELECT DISTINCT variable FROM observations WHERE run_id = ? ORDER BY variable",
-            (run_id,))]
+        return [r[0] for r in self._query(
+            "SELECT DISTINCT variable FROM observations WHERE run_id = ? ORDER BY variable", (run_id,))]
 
     def graph(self, run_id: str) -> Optional[Dict[str, Any]]:
-        row = self._db.execute("SELECT record FROM graphs WHERE run_id = ?", (run_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._query("SELECT record FROM graphs WHERE run_id = ?", (run_id,))
+        return json.loads(rows[0][0]) if rows else None
 
     def facts(self, run_id: str) -> Dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._db.execute(
+        return {k: json.loads(v) for k, v in self._query(
             "SELECT key, value FROM facts WHERE run_id = ? ORDER BY key", (run_id,))}
 
     def variable_steps(self, run_id: str) -> Dict[Tuple[str, str], Tuple[int, int]]:
         """(phase, variable) -> (first, last) step it was observed at in the run."""
-        return {(p, v): (lo, hi) for p, v, lo, hi in self._db.execute(
+        return {(p, v): (lo, hi) for p, v, lo, hi in self._query(
             "SELECT phase, variable, MIN(step), MAX(step) FROM observations WHERE run_id = ? "
             "GROUP BY phase, variable", (run_id,))}
 
     def find_invariant_set(self, set_id: str) -> Optional[SetInfo]:
-        """The set with this id or a unique id prefix; None if none, StoreMissing if ambiguous."""
-        rows = self._db.execute("SELECT id, created, label, body FROM invariant_sets "
-                                "WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY created",
-                                (set_id, _like_prefix(set_id))).fetchall()
+        """The set with this id or a unique id prefix; None if none (an empty id names
+        none), StoreMissing if ambiguous."""
+        rows = self._query("SELECT id, created, label, body FROM invariant_sets "
+                           "WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY created",
+                           (set_id, _like_prefix(set_id))) if set_id else []
         exact = [r for r in rows if r[0] == set_id]
         if exact or len(rows) == 1:
             return SetInfo(*(exact or rows)[0])
@@ -264,8 +353,14 @@ class Store:
 
     def invariant_sets(self) -> List[SetInfo]:
         """Every stored invariant set, oldest first."""
-        return [SetInfo(*r) for r in self._db.execute(
+        return [SetInfo(*r) for r in self._query(
             "SELECT id, created, label, body FROM invariant_sets ORDER BY created")]
+
+
+def _text(value: Optional[str]) -> Optional[str]:
+    # A name from a non-UTF-8 command line (`--label $'\xff'`) holds surrogates SQLite
+    # cannot encode: store them escaped rather than fail.
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if value else value
 
 
 def _like_prefix(prefix: str) -> str:

@@ -1,30 +1,31 @@
 """The two workflows: trace reference runs and mine them (infer), trace a candidate and
-check it as it runs (check); and loading the invariants a check is against.
+check it (check); and loading the invariants a check is against.
 
-torch, the tracer's session and the solver are imported by the functions that run a script,
-so that the file-only commands (`export`, `diff`, `sets`) load in a fraction of a second
-(tracer.extension, the protocol FailFast implements, imports no torch).
+Each traced run is a child process under the supervisor (supervisor.py), which records
+into the store; these workflows read the store back: infer mines the stored runs, check
+evaluates the stored observations step by step as the run flushed them (with --fail-fast
+the child also checks online, to stop itself). Nothing here loads torch: the child does.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 from invariants import __version__, builtin, invfile, policy
-from invariants.app.store import DB_NAME, Store
-from invariants.errors import InvarError
-from invariants.model import InvariantSet, at_least
-from tracer.extension import Extension, SessionView
+from invariants.app.store import CLEAN_ENDINGS, DB_NAME, Store
+from invariants.errors import InvarError, UsageError
+from invariants.model import InvariantSet
 
 if TYPE_CHECKING:
     from invariants.builtin import Confirmation
-    from invariants.check import Violation
     from invariants.mine import MineResult
     from invariants.report import CheckReport
-    from tracer.runner import RunResult
+    from tracer.ending import RunResult
     from tracer.session import TraceConfig
 
 
@@ -47,6 +48,9 @@ PER_RUN_SUPPORT = policy.PER_RUN_SUPPORT
 Progress = Callable[[str], None]
 
 
+Settings = Union[Mapping[str, Any], "TraceConfig", None]  # TraceConfig's fields, or one
+
+
 class PipelineCrashed(InvarError):
     """The user's pipeline crashed (a reference run raised, or the script died before its
     model's first call); `result` is the traced run, when there is one."""
@@ -54,6 +58,20 @@ class PipelineCrashed(InvarError):
     def __init__(self, message: str, result: Optional["RunResult"] = None):
         super().__init__(message)
         self.result = result
+
+
+class RunInterrupted(InvarError):
+    """A reference run was interrupted (SIGINT, SIGTERM): nothing is mined from a part."""
+
+
+def trace_settings(config: Settings, **defaults: Any) -> Dict[str, Any]:
+    """The TraceConfig fields a traced child gets: `config` (a mapping or a TraceConfig),
+    else `defaults`."""
+    if config is None:
+        return dict(defaults)
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)  # type: ignore[arg-type]
+    return dict(config)
 
 
 def reference_steps(invariants: InvariantSet) -> int:
@@ -102,8 +120,9 @@ def _mixed_scripts_warning(refs: Sequence[ReferenceRun]) -> Optional[str]:
 
 def nothing_learned(outcome: InferOutcome) -> Optional[str]:
     """Why the reference runs held nothing to learn (no optimizer step, model never called),
-    or None when there is an invariant to write or there genuinely were observations."""
-    if outcome.invariants.invariants or not outcome.references:
+    or None when they trained and were observed. A reference without an optimizer step is
+    nothing to learn even when its step 0 (the model's first call) gave some invariants."""
+    if not outcome.references:
         return None
     refs = outcome.references
     steps = sum(r.steps for r in refs)
@@ -124,53 +143,68 @@ def _quiet(_: str) -> None:
 
 
 def infer(script: str, args: Sequence[str], *, runs: int = 3, steps: int = 30, store_dir: str = ".invar",
-          config: Optional["TraceConfig"] = None, progress: Progress = _quiet) -> InferOutcome:
-    """Traces `runs` reseeded reference runs of the script and mines them."""
-    from invariants.app.record import trace_to_store
+          config: Settings = None, progress: Progress = _quiet, timeout: Optional[float] = None) -> InferOutcome:
+    """Traces `runs` reseeded reference runs of the script, each in a fresh process, and
+    mines them; PipelineCrashed or RunInterrupted when one did not run to its end."""
     from invariants.app.scripts import check_script
-    from invariants.app.static import StaticPhase
-    from invariants.mine import mine
-    from tracer.session import TraceConfig
+    from invariants.app.supervisor import traced_run
     check_script(script)  # a missing script fails before any progress line
-    cfg = config or TraceConfig(steps=steps)
-    results, rows_per_run, refs = [], [], []
-    with Store(store_dir) as store:
-        for i in range(runs):
-            collected: List[Any] = []
-            progress(f"reference run {i + 1}/{runs}: tracing {steps or 'all'} steps of {script} ...")
-            res = trace_to_store(store, script, args, cfg, label=f"infer {i + 1}/{runs}",
-                                 seed_offset=i * SEED_STRIDE, listeners=[collected.extend],
-                                 extensions=[StaticPhase()])
-            progress(f"reference run {i + 1}/{runs}: {res.status}, {res.steps} steps, "
-                     f"{res.observations} observations, {res.seconds:.1f} s (run {res.run_id})")
-            if res.crashed:
-                raise PipelineCrashed(f"{res.script} crashed: {res.error}", res)
-            results.append(res)
-            rows_per_run.append(collected)
-            refs.append(_reference(store, res.run_id, res.script, res.steps, res.observations))
-    meta = _meta(script, args, steps, [r.run_id for r in results], cfg.naming_options())
-    invariants, mined = mine(rows_per_run, meta)
-    invariants, confirmation = builtin.with_builtins(invariants, rows_per_run)  # kept, marked origin: builtin
-    return InferOutcome(invariants, mined, results, refs, builtins=confirmation)
+    settings = trace_settings(config, steps=steps)
+    results = []
+    for i in range(runs):
+        progress(f"reference run {i + 1}/{runs}: tracing {steps or 'all'} steps of {script} ...")
+        res = traced_run(store_dir, script, args, settings, label=f"infer {i + 1}/{runs}",
+                         seed_offset=i * SEED_STRIDE, static=True, timeout=timeout)
+        progress(f"reference run {i + 1}/{runs}: {res.status}, {res.steps} steps, "
+                 f"{res.observations} observations, {res.seconds:.1f} s (run {res.run_id})")
+        if res.interrupted:
+            raise RunInterrupted(f"reference run {i + 1}/{runs} was {res.error or 'interrupted'}; nothing was "
+                                 f"written (its partial trace is kept as run {res.run_id})")
+        if res.crashed:
+            raise PipelineCrashed(f"{res.script} crashed: {res.error}", res)
+        results.append(res)
+    with Store(store_dir, create=False) as store:
+        outcome = _mine_stored(store, [r.run_id or "" for r in results], steps)
+    outcome.runs = results
+    return outcome
 
 
 def infer_from_store(run_ids: Sequence[str], store_dir: str = ".invar",
-                     support_fix: str = f"mine {PER_RUN_SUPPORT} or more runs") -> InferOutcome:
+                     support_fix: str = f"mine {PER_RUN_SUPPORT} or more runs",
+                     allow_incomplete: bool = False) -> InferOutcome:
     """Mines invariants from runs already in the store; `warnings` says when they come
-    from different scripts or are too few for once-per-run facts (`support_fix`: what to do)."""
-    from invariants.mine import mine
+    from different scripts or are too few for once-per-run facts (`support_fix`: what to do).
+    A run that did not end cleanly (running, crashed, exited, interrupted, killed) is refused
+    unless `allow_incomplete`, and then named in `warnings`."""
     with Store(store_dir, create=False) as store:
         infos = [store.run(r) for r in run_ids]
-        rows = [list(store.observations(i.id)) for i in infos]
-        refs = [_reference(store, i.id, i.script, i.steps, len(r)) for i, r in zip(infos, rows)]
-        tracing = store.facts(infos[0].id).get("tracing") if infos else None
-    steps = max((i.steps for i in infos), default=0)
-    meta = _meta(infos[0].script, infos[0].argv, steps, [i.id for i in infos], tracing)
+        incomplete = [i for i in infos if i.status not in CLEAN_ENDINGS]
+        if incomplete and not allow_incomplete:
+            raise UsageError(f"{_runs_named(incomplete)} did not run to its end, so it holds part of a pipeline: "
+                             f"mine complete runs, or pass --allow-incomplete to mine it anyway")
+        outcome = _mine_stored(store, [i.id for i in infos], max((i.steps for i in infos), default=0))
+    thin = support_warning(len(infos), support_fix)
+    partial = f"mining {_runs_named(incomplete)}, which did not run to its end" if incomplete else None
+    outcome.warnings = [w for w in (_mixed_scripts_warning(outcome.references), thin, partial) if w]
+    return outcome
+
+
+def _runs_named(infos: Sequence[Any]) -> str:
+    return ", ".join(f"run {i.id} ({i.status}{f': {i.error}' if i.error else ''})" for i in infos)
+
+
+def _mine_stored(store: Store, run_ids: Sequence[str], steps: int) -> InferOutcome:
+    """Mines the stored runs (in this order) into an InferOutcome."""
+    from invariants.mine import mine
+    infos = [store.run(r) for r in run_ids]
+    rows = [list(store.observations(i.id)) for i in infos]
+    refs = [_reference(store, i.id, i.script, i.steps, len(r)) for i, r in zip(infos, rows)]
+    first = store.facts(infos[0].id) if infos else {}
+    meta = _meta(infos[0].script if infos else "", infos[0].argv if infos else [], steps,
+                 [i.id for i in infos], first.get("torch"), first.get("tracing"))
     invariants, mined = mine(rows, meta)
     invariants, confirmation = builtin.with_builtins(invariants, rows)  # kept, marked origin: builtin
-    thin = support_warning(len(infos), support_fix)
-    warnings = [w for w in (_mixed_scripts_warning(refs), thin) if w]
-    return InferOutcome(invariants, mined, [], refs, warnings, builtins=confirmation)
+    return InferOutcome(invariants, mined, [], refs, builtins=confirmation)
 
 
 def _reference(store: Store, run_id: Optional[str], script: str, steps: int, observations: int) -> ReferenceRun:
@@ -179,71 +213,65 @@ def _reference(store: Store, run_id: Optional[str], script: str, steps: int, obs
 
 
 def _meta(script: str, args: Sequence[str], steps: int, run_ids: Sequence[Optional[str]],
-          tracing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+          torch_version: Optional[str], tracing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The invariant file's meta; `tracing`: the options that shaped the variable names
     (`--block-depth`: check traces with them, tracer/config.py NAMING_OPTIONS)."""
-    import torch
+    if torch_version is None:  # a run recorded before its torch version was: this process's
+        import torch
+        torch_version = str(torch.__version__)
     meta = {"script": str(script), "args": list(args), "runs": len(run_ids), "steps": steps,
             "run_ids": [r for r in run_ids if r], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "torch": str(torch.__version__), "invar": __version__}
+            "torch": torch_version, "invar": __version__}
     if tracing:
         meta["tracing"] = dict(tracing)
     return meta
 
 
-class FailFast(Extension):
-    """`check --fail-fast`: the first violation at `fail_on` or worse ends the run at the
-    next optimizer step (the checker calls `on_violation` while the step's rows flush)."""
-
-    name = "fail_fast"
-
-    def __init__(self, fail_on: str):
-        self.fail_on = fail_on
-        self._session: Optional[SessionView] = None
-
-    def attach(self, session: SessionView) -> None:
-        self._session = session
-
-    def on_violation(self, v: "Violation") -> None:
-        if at_least(v.severity, self.fail_on) and self._session is not None:
-            self._session.request_stop(f"--fail-fast: {v.id} violated at step {v.step}")
-
-
 def check(script: str, args: Sequence[str], invariants: InvariantSet, *, against: str = "",
           steps: Optional[int] = None, fail_fast: bool = False, fail_on: str = "error",
-          store_dir: str = ".invar", config: Optional["TraceConfig"] = None,
-          seed_offset: int = 0) -> "CheckReport":
-    """Runs the script under the tracer and evaluates the invariants as observations arrive."""
-    from invariants.app.record import trace_to_store
-    from invariants.app.static import StaticPhase
-    from invariants.app.static import describe as describe_static
+          store_dir: str = ".invar", config: Settings = None, seed_offset: int = 0,
+          timeout: Optional[float] = None) -> "CheckReport":
+    """Runs the script traced in a fresh process and checks the invariants against what it
+    recorded, however it ended (a crash, `os._exit`, an interrupt): what it did before is
+    reported. With `fail_fast` the child checks online and stops at the first violation."""
+    from invariants.app.supervisor import traced_run
+    budget = steps if steps is not None else reference_steps(invariants)
+    settings = trace_settings(config, steps=budget, dense_steps=CHECK_SAMPLING.dense,
+                              sample_every=CHECK_SAMPLING.every)
+    res = traced_run(store_dir, script, args, settings, label="check", seed_offset=seed_offset, static=True,
+                     fail_on=fail_on if fail_fast else None, invariants=invariants if fail_fast else None,
+                     timeout=timeout)
+    return checked_run(res, invariants, script=str(script), against=against, fail_on=fail_on, store_dir=store_dir)
+
+
+def checked_run(res: "RunResult", invariants: InvariantSet, *, script: str, against: str, fail_on: str,
+                store_dir: str) -> "CheckReport":
+    """The report of a recorded run checked against the invariants: its observations fed
+    to the checker step by step, in the order the run flushed them."""
+    from invariants.app.runspec import STATIC_NOTES, STATIC_REPORT
     from invariants.check import Checker
     from invariants.explain import explain
     from invariants.report import CheckReport
-    from tracer.session import TraceConfig
-    budget = steps if steps is not None else reference_steps(invariants)
-    cfg = config or TraceConfig(steps=budget, dense_steps=CHECK_SAMPLING.dense, sample_every=CHECK_SAMPLING.every)
-    stopper = FailFast(fail_on) if fail_fast else None
-    checker = Checker(invariants, on_violation=stopper.on_violation if stopper else None)
-    static = StaticPhase()
-    with Store(store_dir) as store:
-        res = trace_to_store(store, script, args, cfg, label="check", listeners=[checker.feed],
-                             extensions=[static] + ([stopper] if stopper else []), seed_offset=seed_offset)
-        seen = store.variable_steps(res.run_id) if res.run_id else {}
+    checker = Checker(invariants)
+    with Store(store_dir, create=False) as store:
+        for _, rows in itertools.groupby(store.observations(res.run_id or ""), key=lambda r: r.step):
+            checker.feed(list(rows))
+        seen = store.variable_steps(res.run_id or "")
     checker.finish()
     violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
-    causes = explain(violations)
-    notes = describe_static(static.report)
+    notes = list(res.facts.get(STATIC_NOTES) or [])
     if res.stop_reason:
         notes.append(f"stopped early: {res.stop_reason}")
+    if res.interrupted:
+        notes.append(f"{res.error or 'interrupted'} after {res.steps} step(s): what it did until then was checked")
     if res.faults:
         notes.append("tracer observers faulted (the run was not affected): " + "; ".join(res.faults))
-    report = CheckReport(script=str(script), against=against, run_id=res.run_id, run_status=res.status,
+    report = CheckReport(script=script, against=against, run_id=res.run_id, run_status=res.status,
                          steps=res.steps, invariants_total=len(invariants.invariants),
                          invariants_checked=len(checker.checked), invariants_disabled=checker.skipped,
-                         violations=violations, causes=causes, seconds=res.seconds, fail_on=fail_on,
+                         violations=violations, causes=explain(violations), seconds=res.seconds, fail_on=fail_on,
                          crash=res.error if res.crashed else None, notes=notes, margins=dict(checker.margins),
-                         static=static.report.to_json() if static.report is not None else None)
+                         static=res.facts.get(STATIC_REPORT))
     return with_coverage(report, invariants, checker.checked, seen)
 
 
@@ -283,7 +311,11 @@ def coverage_from_store(report: "CheckReport", invariants: InvariantSet, store_d
 def load_invariants(source: str, store_dir: str = ".invar") -> InvariantSet:
     """An invariant file, `builtin` (the built-in set), or the id (or a unique id prefix) of
     an invariant set saved in the store; InvariantFileError when it is none of them. Never
-    creates a store."""
+    creates a store. An empty source is a UsageError: an unset shell variable must not pick
+    whatever set the store holds."""
+    if not source.strip():
+        raise UsageError("the invariant file or set id is empty (an unset shell variable?): give a file, "
+                         "`builtin`, or an id from `invar sets`")
     if builtin.is_builtin_source(source) and not os.path.exists(source):
         return builtin.builtin_set()
     if os.path.exists(source):

@@ -2,7 +2,10 @@
 input, the file-only commands (export, diff, runs, show, sets) on a store built in the test."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +181,129 @@ def test_file_only_commands_do_not_import_torch(learned: Path) -> None:
     result = json.loads(r.stdout.split("RESULT ", 1)[1])
     assert result["heavy"] == [], result
     assert result["codes"] == [0] * len(commands), (result, r.stderr)
+
+
+# -- issue 14: every bad argument is exit 2 before anything runs, stores are 5 or 6 -------------
+def test_an_empty_against_is_a_usage_error_not_the_only_stored_set(capsys: pytest.CaptureFixture,
+                                                                   learned: Path) -> None:
+    # `--against "$UNSET"` must not check against whatever single set the store holds
+    code, out, err = invar(capsys, "check", PLAIN, "--against", "", "--store", str(learned / "store"))
+    assert code == 2 and "is empty (an unset shell variable?)" in err and "step" not in out
+    for argv in (["export", ""], ["show", ""]):
+        assert invar(capsys, *argv, "--store", str(learned / "store"))[0] == 2, argv
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["check", PLAIN, "--against", "{inv}", "-o", "{tmp}/missing/report.txt"], "there is no folder"),
+    (["check", PLAIN, "--against", "{inv}", "-o", "{tmp}"], "is a folder"),
+    (["infer", PLAIN, "-o", "{tmp}/invariants.txt"], "cannot tell the format"),
+    (["infer", PLAIN, "-o", "{tmp}/missing/inv.yaml"], "there is no folder"),
+    (["infer", PLAIN, "-o", "{tmp}"], "is a folder"),
+    (["check", PLAIN, "--against", "{inv}", "--timeout", "0"], "--timeout must be"),
+])
+def test_outputs_and_options_are_refused_before_the_first_run(capsys: pytest.CaptureFixture, learned: Path,
+                                                              argv: list, fragment: str) -> None:
+    filled = [a.format(inv=learned / "inv.yaml", tmp=learned) for a in argv]
+    code, out, err = invar(capsys, *filled, "--store", str(learned / "store"))
+    assert code == 2 and fragment in err, err
+    assert "reference run" not in err and "step" not in out  # nothing ran
+
+
+def test_a_script_whose_name_is_not_utf8_is_refused_with_2(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    name = os.fsdecode(b"train\xff.py")  # what click hands over for such a command-line argument
+    (tmp_path / name).write_text(Path(PLAIN).read_text())
+    code, _, err = invar(capsys, "trace", str(tmp_path / name), "--store", str(tmp_path / "s"))
+    assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, body", [
+    ("digits.yaml", "schema: 1\nmeta: {n: " + "7" * 5000 + "}\ninvariants: []\n"),
+    ("digits.json", '{"schema": 1, "meta": {"n": ' + "7" * 5000 + '}, "invariants": []}'),
+])
+def test_a_5000_digit_number_is_a_malformed_file(capsys: pytest.CaptureFixture, tmp_path: Path, name: str,
+                                                 body: str) -> None:
+    (tmp_path / name).write_text(body)
+    code, _, err = invar(capsys, "export", str(tmp_path / name))
+    assert code == 2 and "more than" in err and "digits" in err and "Traceback" not in err
+
+
+def test_huge_and_special_invariant_files_are_refused_unread(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(invfile.MAX_FILE_BYTES * 6)  # 48 MiB, sparse: reading it would take minutes
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # nothing ever writes: reading it would hang
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    for path, fragment in ((huge, "larger than 8 MiB"), (fifo, "a FIFO"), (folder, "a folder")):
+        code, _, err = invar(capsys, "check", PLAIN, "--against", str(path), "--store", str(tmp_path / "s"))
+        assert code == 2 and fragment in err, (path, err)
+
+
+def test_checking_against_a_set_with_nothing_active_exits_1_before_running(capsys: pytest.CaptureFixture,
+                                                                         tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("schema: 1\nmeta: {}\ninvariants: []\n")
+    code, out, err = invar(capsys, "check", PLAIN, "--against", str(empty), "--store", str(tmp_path / "s"))
+    assert code == 1 and "nothing could be checked" in err and "holds no invariant" in err and "step" not in out
+    off = tmp_path / "off.yaml"
+    invs = small_set()
+    invfile.dump(dataclasses.replace(invs, invariants=[dataclasses.replace(i, status="disabled")
+                                                       for i in invs.invariants]), off)
+    code, _, err = invar(capsys, "check", PLAIN, "--against", str(off), "--store", str(tmp_path / "s"))
+    assert code == 1 and "are disabled" in err
+
+
+def test_infer_from_refuses_runs_that_did_not_end_unless_told(capsys: pytest.CaptureFixture, learned: Path) -> None:
+    store = str(learned / "store")
+    with Store(store) as s:
+        good = [r.id for r in s.runs()]
+        cut = s.new_run(PLAIN, [], label="infer")
+        s.add_observations(cut, reference_run(5))
+        s.finish_run(cut, "interrupted", 7, "interrupted by SIGTERM")
+        never = s.new_run(PLAIN, [], label="infer")  # a SIGKILLed writer: `running` forever
+    out = str(learned / "mined.yaml")
+    for bad in (cut, never):
+        code, _, err = invar(capsys, "infer", "--from", good[0], "--from", bad, "-o", out, "--store", store)
+        assert code == 2 and f"run {bad}" in err and "--allow-incomplete" in err, err
+        assert not Path(out).exists()
+    code, _, err = invar(capsys, "infer", "--from", good[0], "--from", good[1], "--from", cut, "--allow-incomplete",
+                         "-o", out, "--store", store)
+    assert code == 0 and "which did not run to its end" in err and Path(out).exists()
+
+
+def _damage_pages(db: Path) -> None:
+    # Overwrite the header of every other page after the first: SQLite then reads a
+    # malformed b-tree page ("database disk image is malformed").
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        for page in range(2, size // 4096 + 1, 2):
+            f.seek((page - 1) * 4096)
+            f.write(b"\xff" * 16)
+
+
+def test_a_page_damaged_store_is_6_for_readers(capsys: pytest.CaptureFixture, learned: Path) -> None:
+    with Store(learned / "store") as s:  # enough rows for several pages
+        for seed in range(6):
+            s.add_observations(s.new_run(PLAIN, []), reference_run(seed))
+    _damage_pages(learned / "store" / "traces.sqlite")
+    for argv in (["sets"], ["runs"], ["export", "set-2026"]):
+        code, _, err = invar(capsys, *argv, "--store", str(learned / "store"))
+        assert code == 6 and "not a usable SQLite database" in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_read_only_or_full_store_is_read_and_refuses_writes_with_5(capsys: pytest.CaptureFixture,
+                                                                     learned: Path, tmp_path: Path) -> None:
+    from tests.tmpfs import fill, make_read_only, tmpfs
+    for how in ("read-only", "full"):
+        with tmpfs(tmp_path / how) as place:
+            shutil.copytree(learned / "store", place / "store")
+            make_read_only(place) if how == "read-only" else fill(place)
+            store = str(place / "store")
+            for argv in (["runs"], ["sets"], ["export", "set-2026"]):
+                code, out, err = invar(capsys, *argv, "--store", store)
+                assert code == 0 and "Traceback" not in err, (how, argv, err)
+            assert "set-20260101-000000-aaaa" in invar(capsys, "sets", "--store", store)[1]
+            code, _, err = invar(capsys, "trace", PLAIN, "--store", store)
+            assert code == 5 and "the data in it is intact" in err, (how, err)
+            assert ("read-only" if how == "read-only" else "full") in err

@@ -8,6 +8,8 @@ fraction of a second.
 from __future__ import annotations
 
 import enum
+import errno
+import os
 import sys
 import time
 import uuid
@@ -17,10 +19,15 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 import click
 
 from invariants.app.scripts import ScriptMissing, ScriptSyntax
-from invariants.app.store import Store, StoreCorrupt, StoreMissing, StoreUnwritable
-from invariants.app.workflow import PipelineCrashed, Sampling
+from invariants.app.store import INTERRUPTED, Store, StoreCorrupt, StoreMissing, StoreUnwritable
+from invariants.app.workflow import PipelineCrashed, RunInterrupted, Sampling
 from invariants.errors import InvarError, UsageError
-from invariants.invfile import InvariantFileError
+from invariants.invfile import InvariantFileError, write_atomic
+
+
+class OutputUnwritable(InvarError):
+    """A report or invariant file could not be written once everything else had worked
+    (a full disk, a folder that became read-only); the run's trace is in the store."""
 
 
 class Exit(enum.IntEnum):
@@ -31,10 +38,11 @@ class Exit(enum.IntEnum):
     BAD_INPUT = 2         # bad usage, missing script, malformed invariant file
     PIPELINE_CRASHED = 3  # the user's script raised or exited non-zero
     SCRIPT_SYNTAX = 4     # the script is not valid Python
-    STORE_UNWRITABLE = 5  # the store directory cannot be created or written
-    STORE_CORRUPT = 6     # the store file is not a usable database
+    STORE_UNWRITABLE = 5  # the store (or an output) cannot be written: read-only, full disk
+    STORE_CORRUPT = 6     # the store file is damaged (not one SQLite can read)
     INCOMPLETE = 7        # no violation, but error-level invariants could not be observed
     INTERNAL = 70         # a bug in invar: please report it
+    INTERRUPTED = 130     # SIGINT, SIGTERM or a KeyboardInterrupt ended the run (128 + SIGINT)
 
 
 EXIT_TEXT: Dict[Exit, str] = {
@@ -43,11 +51,12 @@ EXIT_TEXT: Dict[Exit, str] = {
     Exit.BAD_INPUT: "bad usage, missing script or malformed invariant file",
     Exit.PIPELINE_CRASHED: "the pipeline itself crashed",
     Exit.SCRIPT_SYNTAX: "the script has a syntax error",
-    Exit.STORE_UNWRITABLE: "the store cannot be written",
-    Exit.STORE_CORRUPT: "the store file is corrupt",
+    Exit.STORE_UNWRITABLE: "the store or an output cannot be written (a read-only place, a full disk)",
+    Exit.STORE_CORRUPT: "the store file is damaged",
     Exit.INCOMPLETE: "the check was incomplete: error-level invariants could not be observed "
                      "(--allow-unchecked accepts it)",
     Exit.INTERNAL: "an internal error in invar (please report it)",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM, KeyboardInterrupt); a check reports what the run did until then",
 }
 
 # invar's errors and the exit code each means; the first class an error is an instance of
@@ -60,7 +69,9 @@ EXIT_CODES: Tuple[Tuple[Type[InvarError], Exit], ...] = (
     (StoreMissing, Exit.BAD_INPUT),
     (StoreCorrupt, Exit.STORE_CORRUPT),
     (StoreUnwritable, Exit.STORE_UNWRITABLE),
+    (OutputUnwritable, Exit.STORE_UNWRITABLE),
     (PipelineCrashed, Exit.PIPELINE_CRASHED),
+    (RunInterrupted, Exit.INTERRUPTED),
 )
 
 
@@ -79,8 +90,9 @@ def exit_help(*codes: Tuple[Exit, Optional[str]]) -> str:
 EXIT_HELP = exit_help(*((c, None) for c in Exit if c is not Exit.INTERNAL))  # every command
 STORE_READ = ((Exit.BAD_INPUT, "bad usage, no store at --store, or no such (or an ambiguous) id"),
               (Exit.STORE_CORRUPT, None))
-RUNS_SCRIPT = ((Exit.PIPELINE_CRASHED, None), (Exit.SCRIPT_SYNTAX, None), (Exit.STORE_UNWRITABLE, None),
-               (Exit.STORE_CORRUPT, None))
+RUNS_SCRIPT = ((Exit.PIPELINE_CRASHED, "the pipeline crashed, exited non-zero, was killed or timed out"),
+               (Exit.SCRIPT_SYNTAX, None), (Exit.STORE_UNWRITABLE, None), (Exit.STORE_CORRUPT, None),
+               (Exit.INTERRUPTED, None))
 READ_EXITS = exit_help((Exit.OK, "success"), *STORE_READ)
 
 
@@ -116,11 +128,28 @@ def trace_options(sampling: Sampling, ranks_default: str,
                               f"(docs/distributed.md).  [default: {ranks_default}]")(f)
         f = click.option("--block-depth", type=int, default=None, metavar="N",
                          help=f"Module levels below the root model that form a block.  [default: {depth_default}]")(f)
+        f = click.option("--timeout", type=float, default=None, metavar="S",
+                         help="End a traced run that takes longer than S seconds (recorded as killed; "
+                              "what it did until then is kept and checked).")(f)
         f = click.option("--sample-every", default=sampling.every, show_default=True, type=int, metavar="N",
                          help="After the dense steps, observe every N-th optimizer step.")(f)
         return click.option("--dense-steps", default=sampling.dense, show_default=True, type=int, metavar="N",
                             help="Observe every optimizer step before step N.")(f)
     return decorate
+
+
+def run_settings(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: Optional[int],
+                 sampling: Sampling) -> Dict[str, Any]:
+    """The TraceConfig fields of the tracing options (what a traced child gets);
+    UsageError for values out of range."""
+    for name, value in (("--steps", steps), ("--dense-steps", dense_steps), ("--sample-every", sample_every)):
+        if value is not None and value < 0:
+            raise UsageError(f"{name} must be >= 0, got {value}")
+    block_depth = 1 if block_depth is None else block_depth
+    if block_depth < 1:
+        raise UsageError(f"--block-depth must be >= 1, got {block_depth}")
+    return {"steps": steps, "dense_steps": sampling.dense if dense_steps is None else dense_steps,
+            "sample_every": sampling.every if sample_every is None else sample_every, "block_depth": block_depth}
 
 
 def learned_block_depth(invariants: Any, against: str, block_depth: Optional[int]) -> Optional[int]:
@@ -136,19 +165,44 @@ def learned_block_depth(invariants: Any, against: str, block_depth: Optional[int
                      f"{block_depth}`")
 
 
-def trace_config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: Optional[int],
+def check_timeout(timeout: Optional[float]) -> Optional[float]:
+    """--timeout, refused unless a number of seconds > 0 (None: no timeout)."""
+    if timeout is not None and not timeout > 0:  # `not >` also refuses nan
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout}")
+    return timeout
+
+
+def trace_config(steps: int, dense_steps: Optional[int], sample_every: Optional[int], block_depth: int,
                  sampling: Sampling) -> Any:
-    """The TraceConfig of the tracing options; UsageError for values out of range."""
+    """The TraceConfig of the tracing options (a rank traces in its own process)."""
     from tracer.session import TraceConfig
-    for name, value in (("--steps", steps), ("--dense-steps", dense_steps), ("--sample-every", sample_every)):
-        if value is not None and value < 0:
-            raise UsageError(f"{name} must be >= 0, got {value}")
-    block_depth = 1 if block_depth is None else block_depth
-    if block_depth < 1:
-        raise UsageError(f"--block-depth must be >= 1, got {block_depth}")
-    return TraceConfig(steps=steps, dense_steps=sampling.dense if dense_steps is None else dense_steps,
-                       sample_every=sampling.every if sample_every is None else sample_every,
-                       block_depth=block_depth)
+    return TraceConfig(**run_settings(steps, dense_steps, sample_every, block_depth, sampling))
+
+
+def check_output(path: Optional[str], option: str = "-o") -> None:
+    """Before anything runs: PATH can be written (its folder exists and takes files, and it
+    is no folder itself); UsageError naming the option otherwise."""
+    if not path:
+        return
+    p = Path(path)
+    folder = p.parent
+    if p.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def write_output(path: str, text: str) -> None:
+    """Writes a finished result to PATH atomically (all of it or, on a full disk, nothing:
+    no empty file is left); OutputUnwritable when it cannot."""
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+        raise OutputUnwritable(f"cannot write {path}: {e.strerror or e}{full}; the run's trace is in the "
+                               f"store (`invar runs`)") from None
 
 
 # -- results ----------------------------------------------------------------------------
@@ -186,7 +240,7 @@ def write_invariants(outcome: Any, output: str, store_dir: str, explain: bool) -
     if not outcome.invariants.invariants:
         warn("no candidate survived mining: the file holds no invariant (--explain says why each "
              "was discarded)")
-    invfile.dump(outcome.invariants, output)
+    write_output(output, invfile.dumps(outcome.invariants, invfile.format_of(output)))
     # A random suffix, as run ids have: two infers in one second must not replace each other.
     set_id = "set-" + time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     with Store(store_dir) as store:
@@ -219,7 +273,7 @@ def _infer_summary(outcome: Any, output: str) -> str:
 def write_report(text: str, output: Optional[str]) -> None:
     """A rendered report to OUTPUT (saying so on stderr), else stdout."""
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        write_output(output, text + "\n")
         err(f"report written to {output}")
     else:
         click.echo(text)
@@ -237,6 +291,9 @@ def check_exit(result: Any, to_stderr: bool, crashed: str = "crashed") -> None:
     if result.crash:
         err(f"invar: the pipeline {crashed}: {result.crash}")
         sys.exit(Exit.PIPELINE_CRASHED)
+    if result.run_status == INTERRUPTED:
+        err(f"invar: the run was interrupted after {result.steps} step(s); the report holds what it did until then")
+        sys.exit(Exit.INTERRUPTED)
     if to_stderr:
         for line in (result.failure, result.coverage_warning and "warning: " + result.coverage_warning):
             if line:

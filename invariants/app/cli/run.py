@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import click
 
+from invariants import invfile
 from invariants.app import outputs
 from invariants.app.cli import distributed as ranked
-from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option, check_exit, err, exit_help,
-                                       learned_block_depth, print_crash, run_summary, script_arguments,
-                                       store_option, trace_config, trace_options, warn, write_invariants,
-                                       write_report)
+from invariants.app.cli.common import (RUNS_SCRIPT, Exit, allow_unchecked_option, check_exit, check_output,
+                                       check_timeout, err, exit_help, learned_block_depth, print_crash,
+                                       run_settings, run_summary, script_arguments, store_option, trace_options,
+                                       warn, write_invariants, write_report)
 from invariants.app.scripts import check_script
-from invariants.app.store import Store
+from invariants.app.store import INTERRUPTED
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING
 from invariants.builtin import NAME as BUILTIN
 from invariants.errors import UsageError
@@ -36,19 +37,33 @@ CHECK_EXITS = exit_help((Exit.OK, None), (Exit.VIOLATIONS, "invariants violated 
 @store_option
 @trace_options(RECORD_SAMPLING, "1 (no torchrun)")
 def trace(script: str, script_args: Sequence[str], steps: int, label: Optional[str], store_dir: str,
-          dense_steps: int, sample_every: int, block_depth: int, nproc_per_node: Optional[int]) -> None:
+          dense_steps: int, sample_every: int, block_depth: int, timeout: Optional[float],
+          nproc_per_node: Optional[int]) -> None:
     """Run SCRIPT once under the tracer and record it in the store."""
     check_script(script)
-    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+    if _distributed(nproc_per_node, timeout):  # one invar per rank (docs/distributed.md)
         return ranked.trace(click.get_current_context())
-    from invariants.app.record import trace_to_store
-    cfg = trace_config(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
-    with Store(store_dir) as store:
-        res = trace_to_store(store, script, script_args, cfg, label=label)
+    from invariants.app.supervisor import traced_run
+    settings = run_settings(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
+    res = traced_run(store_dir, script, script_args, settings, label=label, timeout=timeout)
     click.echo(run_summary(res))
     if res.crashed:
         print_crash(res)
         sys.exit(Exit.PIPELINE_CRASHED)
+    if res.status == INTERRUPTED:
+        err(f"invar: the run was {res.error or 'interrupted'}; its trace until then is kept as run {res.run_id}")
+        sys.exit(Exit.INTERRUPTED)
+
+
+def _distributed(nproc_per_node: Optional[int], timeout: Optional[float], invariants: Any = None) -> bool:
+    """Whether the command runs one invar per rank (--timeout is for one process only)."""
+    check_timeout(timeout)
+    if not ranked.distributed(nproc_per_node, invariants):
+        return False
+    if timeout is not None:
+        raise UsageError("--timeout ends one traced process; with several ranks torchrun's own timeouts apply: "
+                         "drop it")
+    return True
 
 
 @click.command(epilog=INFER_EXITS)
@@ -59,30 +74,34 @@ def trace(script: str, script_args: Sequence[str], steps: int, label: Optional[s
 @click.option("-o", "--output", default="invariants.yaml", show_default=True,
               help="Invariant file to write (.yaml or .json).")
 @click.option("--from", "from_runs", multiple=True, help="Mine stored runs instead of tracing (repeatable).")
+@click.option("--allow-incomplete", is_flag=True,
+              help="With --from: also mine runs that did not run to their end (crashed, interrupted, killed).")
 @click.option("--explain", is_flag=True, help="Also list every discarded candidate and why.")
 @store_option
 @trace_options(RECORD_SAMPLING, "1 (no torchrun)")
 def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps: int, output: str,
-          from_runs: Sequence[str], explain: bool, store_dir: str, dense_steps: int, sample_every: int,
-          block_depth: int, nproc_per_node: Optional[int]) -> None:
+          from_runs: Sequence[str], allow_incomplete: bool, explain: bool, store_dir: str, dense_steps: int,
+          sample_every: int, block_depth: int, timeout: Optional[float], nproc_per_node: Optional[int]) -> None:
     """Learn invariants from reference runs of SCRIPT and write them to a file."""
     if not from_runs and not script:
         raise UsageError("give a SCRIPT to trace, or --from RUN_ID to mine stored runs")
     if n_runs < 1:
         raise UsageError(f"--runs must be >= 1, got {n_runs}")
+    check_output(output)  # before any run, not after the last
+    invfile.format_of(output)
     if script and not from_runs:
         check_script(script)  # before any progress line
-    if ranked.distributed(nproc_per_node):  # one invar per rank (docs/distributed.md)
+    if _distributed(nproc_per_node, timeout):  # one invar per rank (docs/distributed.md)
         return ranked.infer(click.get_current_context())
     from invariants.app import workflow
     if from_runs:
-        outcome = workflow.infer_from_store(from_runs, store_dir)
+        outcome = workflow.infer_from_store(from_runs, store_dir, allow_incomplete=allow_incomplete)
     else:
-        cfg = trace_config(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
+        settings = run_settings(steps, dense_steps, sample_every, block_depth, RECORD_SAMPLING)
         warn(workflow.support_warning(n_runs))
         try:
             outcome = workflow.infer(script, script_args, runs=n_runs, steps=steps, store_dir=store_dir,
-                                     config=cfg, progress=err)
+                                     config=settings, progress=err, timeout=timeout)
         except workflow.PipelineCrashed as e:
             print_crash(e.result)
             sys.exit(Exit.PIPELINE_CRASHED)
@@ -117,25 +136,27 @@ def infer(script: Optional[str], script_args: Sequence[str], n_runs: int, steps:
 def check(script: str, script_args: Sequence[str], against: str, allow: Sequence[str], allow_files: Sequence[str],
           steps: Optional[int], fmt: str, output: Optional[str], tensorboard: Optional[str], fail_fast: bool,
           fail_on: str, allow_unchecked: bool, store_dir: str, dense_steps: int, sample_every: int, block_depth: int,
-          nproc_per_node: Optional[int]) -> None:
+          timeout: Optional[float], nproc_per_node: Optional[int]) -> None:
     """Check SCRIPT while it runs: against learned invariants (--against FILE), or against
     the built-in set (the default)."""
     check_script(script)
     outputs.prepare(fmt, tensorboard)  # a missing extra fails now, not after the run
+    check_output(output)
     from invariants import allow as allowing, builtin
     from invariants.app import workflow
     rules = allowing.rules_from(allow, allow_files)
     invs = workflow.load_invariants(against, store_dir)
-    if ranked.distributed(nproc_per_node, invs):  # one invar per rank (docs/distributed.md)
+    _refuse_nothing_to_check(invs, against)
+    if _distributed(nproc_per_node, timeout, invs):  # one invar per rank (docs/distributed.md)
         return ranked.check(click.get_current_context(), invs)
     budget = steps if steps is not None else workflow.reference_steps(invs)
     block_depth = learned_block_depth(invs, against, block_depth)
-    cfg = trace_config(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
+    settings = run_settings(budget, dense_steps, sample_every, block_depth, CHECK_SAMPLING)
     # A machine-readable report owns stdout: the script's own prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if fmt != "text" and not output else contextlib.nullcontext()
     with redirect:
         result = workflow.check(script, script_args, invs, against=against, steps=budget, fail_fast=fail_fast,
-                                fail_on=fail_on, store_dir=store_dir, config=cfg)
+                                fail_on=fail_on, store_dir=store_dir, config=settings, timeout=timeout)
     result = builtin.annotate(result, invs, rules)
     result.allow_unchecked = allow_unchecked
     text, told = outputs.finish(result, invs, fmt, store_dir, tensorboard)
@@ -143,3 +164,14 @@ def check(script: str, script_args: Sequence[str], against: str, allow: Sequence
         err(f"invar: {line}")
     write_report(text, output)
     check_exit(result, to_stderr=fmt != "text" or bool(output))
+
+
+def _refuse_nothing_to_check(invariants: Any, against: str) -> None:
+    """A set without an active invariant checks nothing: exit 1 (as the help says) now,
+    not after the run."""
+    if not list(invariants.active()):
+        total = len(invariants.invariants)
+        held = f"all {total} of its invariants are disabled" if total else "it holds no invariant"
+        err(f"invar: nothing could be checked: {against} has no active invariant ({held}); "
+            f"re-run `invar infer`, or set entries' status to accepted")
+        sys.exit(Exit.VIOLATIONS)
