@@ -8,7 +8,7 @@ script: it completes without an exception and prints a `METRICS {json}` line who
 are finite; it evaluates the model before its 31st optimizer step. References (also re-run
 with SEED=7, which must change the result) and ok variants must learn: test accuracy at
 least min(3 x chance, (1 + chance) / 2), or for regression a test R^2 of at least 0.5. Bug
-variants must show every measurement of their `measure:` list (corpus/measures.py) against
+variants must show every measurement of their `measure:` list (corpus/measures/) against
 the reference run. Budgets (full run <= 30 s, first 30 optimizer steps <= 5 s) are shown
 and fail the run only with --strict-budget, as timings on shared cores are noisy. A
 multi-process case whose spawned rank dies of a signal is run once more, marked `retried`.
