@@ -11,6 +11,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ class Row:
     # whether the bug must be found that way (`expect.universal`, docs/corpus.md)
     no_reference: Optional[Dict[str, Any]] = None
     universal: bool = False
+    html: Optional[str] = None  # the check's HTML report (`invar eval --html DIR`)
 
 
 @dataclass
@@ -185,14 +187,26 @@ def _torch_threads(threads: int) -> Iterator[None]:
             os.environ["OMP_NUM_THREADS"] = env
 
 
-def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 0) -> Dict[str, Any]:
+def evaluate_case(case_dir: str, runs: int = 3, steps: int = 30, threads: int = 0,
+                  html_dir: Optional[str] = None) -> Dict[str, Any]:
     """Infers from the case's reference and checks every variant and a fresh-seed reference,
-    with `threads` torch intra-op threads (0: torch's default)."""
+    with `threads` torch intra-op threads (0: torch's default); each check's HTML report
+    into `html_dir`/CASE/ when given."""
     with _torch_threads(threads):
-        return _evaluate_case(Path(case_dir), runs, steps)
+        return _evaluate_case(Path(case_dir), runs, steps, html_dir)
 
 
-def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
+def _html_page(html_dir: str, case: str, variant: str, rep: Any, invs: Any, store: str) -> str:
+    """Writes the check's HTML report as the user's `--format html` gets it; its path."""
+    from invariants.app.html.check_page import render_check_page
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", variant).strip("_") or "variant"
+    path = Path(html_dir) / case / f"{name}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_check_page(rep.to_json(), invs, store), encoding="utf-8")
+    return str(path)
+
+
+def _evaluate_case(case: Path, runs: int, steps: int, html_dir: Optional[str] = None) -> Dict[str, Any]:
     from corpus.cases import load as case_meta
     from invariants.app import workflow
     from invariants.builtin import builtin_set
@@ -228,6 +242,8 @@ def _evaluate_case(case: Path, runs: int, steps: int) -> Dict[str, Any]:
             again = no_reference.replay(rep, builtin_set(), store)  # the same run, no reference
             row.no_reference = asdict(_row_from(case.name, variant, kind, v, again, _exit_code(again)))
             row.universal = bool((v.get("expect") or {}).get("universal"))
+            if html_dir:
+                row.html = _html_page(html_dir, case.name, variant, rep, invs, store)
             return row
         loo = check(ref_script, ref_args, seed_offset=workflow.FRESH_SEED_OFFSET)
         rows.append(scored("reference (new seed)", "loo", {}, loo))
@@ -254,7 +270,8 @@ def _graph_coverage(store_dir: str, references: List[Any]) -> str:
 
 
 def evaluate(corpus_dir: str, jobs: int = 1, runs: int = 3, steps: int = 30,
-             progress: Callable[[str], None] = lambda s: None, threads: Optional[int] = None) -> EvalReport:
+             progress: Callable[[str], None] = lambda s: None, threads: Optional[int] = None,
+             html_dir: Optional[str] = None) -> EvalReport:
     """Evaluates every case, `jobs` cases at a time (one process each), each with `threads`
     torch intra-op threads (None: 1 when jobs > 1 — the cores are shared — else torch's
     default)."""
@@ -267,12 +284,12 @@ def evaluate(corpus_dir: str, jobs: int = 1, runs: int = 3, steps: int = 30,
     if jobs <= 1:
         for i, c in enumerate(cases, 1):
             progress(f"[{i}/{len(cases)}] {c.name} ...")
-            results[c.name] = evaluate_case(str(c), runs, steps, threads)
+            results[c.name] = evaluate_case(str(c), runs, steps, threads, html_dir)
             progress(f"[{i}/{len(cases)}] {c.name} done")
     else:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(evaluate_case, str(c), runs, steps, threads): c for c in cases}
+            futures = {pool.submit(evaluate_case, str(c), runs, steps, threads, html_dir): c for c in cases}
             for i, f in enumerate(cf.as_completed(futures), 1):
                 c = futures[f]
                 results[c.name] = f.result()

@@ -28,16 +28,22 @@ from invariants.errors import UsageError
               help="torch intra-op threads per case worker (and per rank of a launched case) "
                    "[default: 1 when --jobs > 1, else torch's default]. On a small shared machine "
                    "torch's default of one thread per core in every worker oversubscribes the cores.")
+@click.option("--html", "html_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write each check's HTML report (as `check --format html` renders it) to "
+                   "DIR/CASE/VARIANT.html; needs the report extra (matplotlib).")
 def eval_(corpus_dir: str, fmt: str, output: Optional[str], jobs: int, n_runs: int, steps: int,
-          threads: Optional[int]) -> None:
+          threads: Optional[int], html_dir: Optional[str]) -> None:
     """Score invar on a corpus: infer from each reference, check every variant.
 
     Exits 1 if a bug variant is missed or an ok variant / fresh-seed reference gets an
     error-level violation, learned or built-in (the "no reference" column)."""
     from invariants.app import evaluate
+    if html_dir:
+        from invariants.app import outputs
+        outputs.prepare("html", None)  # a missing matplotlib is a usage error now, not after the runs
     try:
         report = evaluate.evaluate(corpus_dir, jobs=jobs, runs=n_runs, steps=steps, progress=err,
-                                   threads=threads)
+                                   threads=threads, html_dir=html_dir)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     text = evaluate.render_markdown(report) if fmt == "md" else json.dumps(report.to_json(), indent=2)
