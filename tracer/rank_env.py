@@ -21,6 +21,7 @@ class RankInfo:
     world_size: int
     local_rank: int
     group: str   # identifies one launch: every rank of it records the same value
+    attempt: int = 0  # torchrun's restart count (--max-restarts): 0 for the first attempt
 
     @staticmethod
     def from_env(env: Optional[Dict[str, str]] = None) -> Optional["RankInfo"]:
@@ -29,8 +30,11 @@ class RankInfo:
         if not all(k in e for k in _RANK_ENV):
             return None
         rank, world = int(e["RANK"]), int(e["WORLD_SIZE"])
-        group = e.get("INVAR_GROUP") or _group_of_launch(e)
-        return RankInfo(rank, world, int(e.get("LOCAL_RANK", rank)), group)
+        attempt = int(e.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        # A restarted attempt is a launch of its own: its runs are never merged with the failed one's.
+        given = e.get("INVAR_GROUP")
+        group = (given + (f"-attempt{attempt}" if attempt else "")) if given else _group_of_launch(e)
+        return RankInfo(rank, world, int(e.get("LOCAL_RANK", rank)), group, attempt)
 
 
 def _group_of_launch(env: Dict[str, str]) -> str:

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from invariants.app.record import trace_to_store
 from invariants.app.static import StaticPhase
@@ -122,7 +122,8 @@ def trace_rank(store_dir: str, script: str, args: Sequence[str], config: TraceCo
                *, label: str, seed_offset: int = 0, reference: Optional[int] = None) -> RunResult:
     """Traces this rank's run of the script with the cross-rank observer; writes every
     observed step at once (a killed rank loses at most one) and records how it ended."""
-    facts: Dict[str, Any] = {"group": info.group, "rank": info.rank, "world_size": info.world_size}
+    facts: Dict[str, Any] = {"group": info.group, "rank": info.rank, "world_size": info.world_size,
+                             "attempt": info.attempt}
     if reference is not None:
         facts["reference"] = reference
     with Store(store_dir) as store, sigterm_ends_run() as terminated:
@@ -147,6 +148,14 @@ class RankRun:
     run: RunInfo
     reference: Optional[int]
     last_step: Optional[int]
+    attempt: int = 0  # torchrun's restart count when it ran
+
+    @property
+    def kind(self) -> str:
+        """infer, check or trace: what the launch was (its run labels say)."""
+        if self.reference is not None:
+            return "infer"
+        return "check" if (self.run.label or "").startswith("check") else "trace"
 
     @property
     def ended(self) -> bool:
@@ -155,12 +164,20 @@ class RankRun:
 
 def group_runs(store: Store, group: str) -> List[RankRun]:
     """Every run of the launch, by (reference run, rank)."""
-    out = []
+    return launches(store, only=group).get(group, [])
+
+
+def launches(store: Store, only: Optional[str] = None) -> Dict[str, List[RankRun]]:
+    """Every launch in the store (its group id -> its runs), oldest first, or the one
+    `only` names; a restarted attempt of a torchrun job is a launch of its own (its group
+    names the attempt)."""
+    out: Dict[str, List[RankRun]] = {}
     for info in store.runs():
         facts = store.facts(info.id)
-        if facts.get("group") == group:
-            out.append(RankRun(info.rank, info, facts.get("reference"), store.last_step(info.id)))
-    return sorted(out, key=lambda r: (r.reference or 0, r.rank, r.run.started))
+        if facts.get("group") and (only is None or facts["group"] == only):
+            out.setdefault(facts["group"], []).append(RankRun(info.rank, info, facts.get("reference"),
+                                                              store.last_step(info.id), facts.get("attempt") or 0))
+    return {g: sorted(runs, key=lambda r: (r.reference or 0, r.rank, r.run.started)) for g, runs in out.items()}
 
 
 def wait_for_group(store_dir: str, group: str, world_size: int, runs_per_rank: int = 1,
@@ -177,16 +194,21 @@ def wait_for_group(store_dir: str, group: str, world_size: int, runs_per_rank: i
         time.sleep(0.5)
 
 
-def failure(runs: Sequence[RankRun], world_size: int, runs_per_rank: int = 1) -> Optional[str]:
+def failure(runs: Sequence[RankRun], world_size: int, runs_per_rank: int = 1,
+            unreached: Optional[Mapping[int, str]] = None) -> Optional[str]:
     """Which rank(s) failed first and how, or None when every rank ran to its end.
 
     A rank that was killed, never started or crashed on its own is a root; a rank that
-    then lost its peer (a collective error) or was stopped by the launcher is a consequence."""
+    then lost its peer (a collective error) or was stopped by the launcher is a consequence.
+    `unreached`: ranks of a multi-node job whose runs rank 0 did not receive, and why."""
     roots: List[str] = []
     after: List[str] = []
     for rank in range(world_size):
         mine = [r for r in runs if r.rank == rank]
-        if len(mine) < runs_per_rank:
+        if unreached and rank in unreached and len(mine) < runs_per_rank:
+            roots.append(f"rank {rank} sent no trace to rank 0: {unreached[rank]}; its node's store keeps what "
+                         f"it recorded: copy it here and run `invar merge`")
+        elif len(mine) < runs_per_rank:
             roots.append(f"rank {rank} recorded {'no run' if not mine else f'{len(mine)} of {runs_per_rank} runs'}"
                          " (it did not start, or died before tracing)")
         for r in mine:
@@ -217,7 +239,7 @@ def _first_sentence(error: str) -> str:
 
 # -- merging a check ----------------------------------------------------------------------------
 def check_group(store_dir: str, group: str, invariants: InvariantSet, world_size: int, *, script: str,
-                against: str, fail_on: str = "error") -> CheckReport:
+                against: str, fail_on: str = "error", unreached: Optional[Mapping[int, str]] = None) -> CheckReport:
     """Checks every rank's stored run against the invariants and merges the results: a
     per-rank violation carries the ranks it happened on, a cross-rank (`dist.*`) one is
     reported once with the ranks and blocks that differ; a failed rank is the report's crash."""
@@ -250,12 +272,14 @@ def check_group(store_dir: str, group: str, invariants: InvariantSet, world_size
     notes = [f"rank {rank}: run {r.run.id}, {r.run.status if r.ended else 'killed (never ended)'}, "
              f"{r.run.steps if r.ended else (r.last_step or -1) + 1} steps"
              + (f" ({_first_sentence(r.run.error)})" if r.run.error else "") for rank, r in sorted(latest.items())]
+    notes += [f"rank {rank}: no trace received ({why})" for rank, why in sorted((unreached or {}).items())
+              if rank not in latest]
     return CheckReport(script=script, against=against, run_id=",".join(r.run.id for _, r in sorted(latest.items())),
                        run_status=status.pop() if len(status) == 1 and len(ended) == len(latest) else "mixed",
                        steps=steps, invariants_total=len(invariants.invariants), invariants_checked=len(checked),
                        invariants_disabled=sum(1 for i in invariants.invariants if i.status == "disabled"),
                        violations=violations, causes=causes, seconds=max(seconds, default=0.0), fail_on=fail_on,
-                       crash=failure(list(latest.values()), world_size), notes=notes)
+                       crash=failure(list(latest.values()), world_size, unreached=unreached), notes=notes)
 
 
 def ranks_that_differ(facts: Sequence[Dict[str, Any]]) -> Dict[Tuple[int, str], Tuple[int, ...]]:

@@ -23,6 +23,7 @@ from invariants.errors import InvarError
 from invariants.observation import Observation
 
 SCHEMA_VERSION = 1
+RUN_RECORD_VERSION = 1  # the layout of Store.export_run's records
 DEFAULT_DIR = ".invar"
 DB_NAME = "traces.sqlite"
 SETUP_WAIT_S = 30.0  # how long an opening waits for other processes setting the store up
@@ -356,6 +357,57 @@ class Store:
         return [SetInfo(*r) for r in self._query(
             "SELECT id, created, label, body FROM invariant_sets ORDER BY created")]
 
+    # -- moving runs between stores (the gather of a multi-node job, `invar merge`) -------------
+    def export_run(self, run_id: str) -> Dict[str, Any]:
+        """Everything the store holds about one run, as plain data (JSON-serialisable):
+        its `runs` row, facts (as stored, JSON text), graph and observations."""
+        row = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not row:
+            raise StoreMissing(f"no run {run_id!r} in {self.path}")
+        graph = self._query("SELECT record FROM graphs WHERE run_id = ?", (run_id,))
+        return {"version": RUN_RECORD_VERSION, "run": list(row[0]),
+                "facts": dict(self._query("SELECT key, value FROM facts WHERE run_id = ?", (run_id,))),
+                "graph": graph[0][0] if graph else None,
+                "observations": [list(r) for r in self._query(
+                    "SELECT step, phase, variable, value, text FROM observations WHERE run_id = ? ORDER BY rowid",
+                    (run_id,))]}
+
+    def import_run(self, record: Dict[str, Any]) -> str:
+        """Writes an exported run into `store` in one transaction; returns what happened:
+        'added', 'kept' (the store has that run already, as far or farther) or 'replaced' (the
+        store's copy was still `running` and the record's has ended, or it has more rows)."""
+        if record.get("version") != RUN_RECORD_VERSION or len(record.get("run") or ()) != 12:
+            raise StoreCorrupt(f"a run record of version {record.get('version')!r} cannot be imported "
+                               f"(this invar reads version {RUN_RECORD_VERSION})")
+        run = list(record["run"])
+        run_id = run[0]
+        old = self._query("SELECT status FROM runs WHERE id = ?", (run_id,))
+        outcome = "added"
+        if old:
+            rows = self.observation_count(run_id)
+            ended, incoming_ended = old[0][0] != RUNNING, run[6] != RUNNING
+            if (ended and not incoming_ended) or (ended == incoming_ended and len(record["observations"]) <= rows):
+                return "kept"
+            outcome = "replaced"
+        try:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            for table in ("runs", "facts", "graphs", "observations"):
+                db.execute(f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'} = ?", (run_id,))
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", run)
+            db.executemany("INSERT INTO facts VALUES (?, ?, ?)", [(run_id, k, v) for k, v in record["facts"].items()])
+            if record.get("graph") is not None:
+                db.execute("INSERT INTO graphs VALUES (?, ?)", (run_id, record["graph"]))
+            db.executemany("INSERT INTO observations VALUES (?,?,?,?,?,?)",
+                           [(run_id, *o) for o in record["observations"]])
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise store_error(e, self.path, "write to") from e
+        return outcome
+
 
 def _text(value: Optional[str]) -> Optional[str]:
     # A name from a non-UTF-8 command line (`--label $'\xff'`) holds surrogates SQLite
@@ -378,3 +430,4 @@ def _run_info(r: Tuple[Any, ...]) -> RunInfo:
     return RunInfo(id=r[0], label=r[1], script=r[2], argv=json.loads(r[3] or "[]"), started=r[4],
                    ended=r[5], status=r[6], steps=r[7] or 0, seed_offset=r[8] or 0,
                    rank=r[9] or 0, world_size=r[10] or 1, error=r[11])
+

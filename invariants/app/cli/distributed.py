@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
 
 import click
 
-from invariants.app.cli.common import (Exit, check_exit, err, learned_block_depth, print_crash, run_summary,
-                                       trace_config, write_invariants, write_report)
+from invariants.app.cli.common import (Exit, allow_unchecked_option, check_exit, check_output, err, exit_help,
+                                       learned_block_depth, print_crash, run_summary, store_option, trace_config,
+                                       write_invariants, write_report)
 from invariants.app.scripts import check_script
-from invariants.app.store import Store
+from invariants.app.store import DB_NAME, Store
 from invariants.app.workflow import CHECK_SAMPLING, RECORD_SAMPLING, SEED_STRIDE, reference_steps
 from invariants.errors import UsageError
 
@@ -103,6 +105,7 @@ def trace(ctx: click.Context) -> None:
     res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label=p["label"] or "trace")
     if not ranks.launched_by_invar():
         click.echo(f"[rank {info.rank}/{info.world_size}] " + run_summary(res))
+    _gather(info, p["store_dir"], [res.run_id] if res.run_id else [], failed=res.crashed)
     if res.crashed:
         print_crash(res)
         sys.exit(Exit.PIPELINE_CRASHED)
@@ -128,29 +131,40 @@ def infer(ctx: click.Context) -> None:
         _mine_and_write(ctx, runs, nproc)
         return
     cfg = trace_config(p["steps"], p["dense_steps"], p["sample_every"], p["block_depth"], RECORD_SAMPLING)
+    recorded: List[str] = []
+    failed = False
     for i in range(n_runs):
         if info.rank == 0:
             err(f"reference run {i + 1}/{n_runs}: tracing {p['steps'] or 'all'} steps on "
                  f"{info.world_size} ranks ...")
         res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info,
                                label=f"infer {i + 1}/{n_runs}", seed_offset=i * SEED_STRIDE, reference=i)
+        recorded += [res.run_id] if res.run_id else []
         if res.crashed or res.status == "terminated":
             if res.crashed:
                 print_crash(res)
-            sys.exit(Exit.PIPELINE_CRASHED)
+            failed = True
+            break
+    gathered = _gather(info, p["store_dir"], recorded, failed=failed)
+    if failed:
+        sys.exit(Exit.PIPELINE_CRASHED)
     if ranks.launched_by_invar():
         return
     if info.rank != 0:
         err(f"invar: rank {info.rank} done; rank 0 mines the invariants")
         return
-    runs = ranks.wait_for_group(p["store_dir"], info.group, info.world_size, n_runs)
-    _mine_and_write(ctx, runs, info.world_size)
+    if gathered is not None:  # the gather was the wait: every rank's runs are here, or named
+        with Store(p["store_dir"]) as store:
+            runs = ranks.group_runs(store, info.group)
+    else:
+        runs = ranks.wait_for_group(p["store_dir"], info.group, info.world_size, n_runs)
+    _mine_and_write(ctx, runs, info.world_size, gathered.unreached if gathered else None)
 
 
-def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int) -> None:
+def _mine_and_write(ctx: click.Context, runs: List[Any], nproc: int, unreached: Any = None) -> None:
     from invariants.app import ranks, workflow
     p = ctx.params
-    fail = ranks.failure(runs, nproc, p["n_runs"])
+    fail = ranks.failure(runs, nproc, p["n_runs"], unreached)
     if fail:
         err(f"invar: a reference run failed: {fail}")
         err("invar: the partial traces are kept in the store (`invar runs`)")
@@ -190,14 +204,43 @@ def check(ctx: click.Context, invariants: Any) -> None:
     if res.crashed:
         print_crash(res)
     code = Exit.PIPELINE_CRASHED if res.crashed else Exit.OK
+    gathered = _gather(info, p["store_dir"], [res.run_id] if res.run_id else [], failed=res.crashed)
     if ranks.launched_by_invar():
         sys.exit(code)
     if info.rank != 0:
         err(f"invar: rank {info.rank} done (run {res.run_id}); rank 0 prints the merged report")
         sys.exit(code)
-    ranks.wait_for_group(p["store_dir"], info.group, info.world_size)
+    if gathered is None:
+        ranks.wait_for_group(p["store_dir"], info.group, info.world_size)
     _report(ctx, invariants, ranks.check_group(p["store_dir"], info.group, invariants, info.world_size,
-                                               script=p["script"], against=p["against"], fail_on=p["fail_on"]))
+                                               script=p["script"], against=p["against"], fail_on=p["fail_on"],
+                                               unreached=gathered.unreached if gathered else None))
+
+
+def _gather(info: Any, store_dir: str, run_ids: List[str], failed: bool) -> Any:
+    """A rank of a multi-node job started by the user's torchrun (or with INVAR_GATHER=1):
+    sends its runs to rank 0, which writes them into its store (merge.gather_runs); the
+    GatherOutcome, or None when the ranks share a store and nothing is gathered."""
+    from invariants.app import merge, ranks
+    from tracer.rank_gather import gather_wanted
+    if ranks.launched_by_invar() or not gather_wanted():
+        return None
+    if info.rank == 0:
+        err(f"invar: gathering the traces of {info.world_size} ranks on rank 0 ...")
+    out = merge.gather_runs(store_dir, info, run_ids, failed=failed)
+    if out.error:
+        err(f"invar: rank {info.rank}: the gather failed ({out.error}); this rank's runs stay in {store_dir} "
+            f"(`invar merge STORE...` combines the nodes' stores)")
+    elif info.rank == 0:
+        got = sum(out.imported.values())
+        err(f"invar: gathered {got} run(s) from {info.world_size - 1 - len(out.unreached)} other rank(s) in "
+            f"{out.seconds:.2f} s ({out.bytes_received} bytes; {dict(out.imported)})")
+        for rank, why in sorted(out.unreached.items()):
+            err(f"invar: rank {rank} sent nothing: {why}")
+    else:
+        err(f"invar: rank {info.rank} sent {out.bytes_sent} bytes to rank 0 ({out.observations} observations, "
+            f"{out.steps} observed steps) in {out.seconds:.2f} s")
+    return out
 
 
 def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
@@ -212,3 +255,68 @@ def _report(ctx: click.Context, invariants: Any, result: Any) -> None:
         err(f"invar: {line}")
     write_report(text, p["output"])
     check_exit(result, to_stderr=p["fmt"] != "text" or bool(p["output"]), crashed="failed")
+
+
+# -- merge --------------------------------------------------------------------------------------
+MERGE_EXITS = exit_help((Exit.OK, "the stores were merged (with --against: and the launch is clean)"),
+                        (Exit.VIOLATIONS, "with --against: invariants violated"),
+                        (Exit.BAD_INPUT, "bad usage, a STORE that does not exist, no launch to check"),
+                        (Exit.PIPELINE_CRASHED, "with --against: a rank of the launch crashed or was killed"),
+                        (Exit.STORE_UNWRITABLE, None), (Exit.STORE_CORRUPT, None))
+
+
+@click.command(epilog=MERGE_EXITS)
+@click.argument("stores", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--against", default=None, metavar="FILE",
+              help="Also check one merged launch against these invariants and print its report, as rank 0 "
+                   "would have (the latest check launch, or --group).")
+@click.option("--group", default=None, metavar="ID", help="The launch to check (a group id from the list).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
+              show_default=True, help="Report format (with --against).")
+@click.option("-o", "--output", default=None, help="Write the report here instead of stdout.")
+@click.option("--fail-on", type=click.Choice(["error", "warning"]), default="error", show_default=True)
+@allow_unchecked_option
+@store_option
+def merge(stores: Tuple[str, ...], against: Optional[str], group: Optional[str], fmt: str, output: Optional[str],
+          fail_on: str, allow_unchecked: bool, store_dir: str) -> None:
+    """Merge the trace stores of a multi-node job into --store, for jobs whose ranks could
+    not send their traces to rank 0 (a rank killed before the end, a node lost): copy each
+    node's store directory here, then `invar merge node0/.invar node1/.invar --store all`.
+
+    Every run is copied once (a run already in --store is kept unless the copy got further),
+    then each launch found is listed with its ranks and how they ended, naming the rank that
+    failed first; a restarted torchrun attempt (--max-restarts) is a launch of its own.
+    With --against FILE the launch is checked and reported as `invar check` would have.
+    """
+    from invariants.app import merge as merging, ranks, workflow
+    for source in stores:
+        if not (Path(source) / DB_NAME).is_file():
+            raise UsageError(f"STORE {source!r} holds no store ({DB_NAME}): give the store directories "
+                             f"copied from the nodes (their --store)")
+    check_output(output)
+    done = merging.merge_stores(list(stores), store_dir)
+    for source, counts in done.sources.items():
+        err(f"invar: {source}: " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "no runs"))
+    with Store(store_dir) as store:
+        found = ranks.launches(store)
+    to_stdout = against is None or fmt == "text" and not output
+    echo = click.echo if to_stdout else err
+    for gid, runs in found.items():
+        world = max(r.run.world_size for r in runs)
+        per_rank = len({r.reference for r in runs})
+        fail = ranks.failure(runs, world, per_rank)
+        echo(f"{gid}  {runs[0].kind}  attempt {runs[0].attempt}  {world} ranks  {len(runs)} runs  "
+             + (f"FAILED: {fail}" if fail else "complete"))
+    if against is None:
+        return
+    checks = [g for g, runs in found.items() if runs[0].kind == "check"]
+    chosen = group or (checks[-1] if checks else None)
+    if chosen not in found:
+        raise UsageError(f"no launch {chosen!r} in {store_dir}" if chosen else
+                         f"no check launch in {store_dir} to check against {against}; give --group")
+    invs = workflow.load_invariants(against, store_dir)
+    runs = found[chosen]
+    world = max(r.run.world_size for r in runs)
+    _report(click.get_current_context(), invs, ranks.check_group(store_dir, chosen, invs, world,
+                                                                 script=runs[0].run.script, against=against,
+                                                                 fail_on=fail_on))
