@@ -189,6 +189,9 @@ def trace_spec(spec: "RunSpec", interrupts: Optional[Interrupts] = None) -> str:
         stopper = FailFast(spec.fail_on)
         listeners.append(Checker(invfile.load(spec.invariants), on_violation=stopper.on_violation).feed)
         extensions.append(stopper)
+    if spec.probe:
+        from invariants.app.probes import extension_for
+        extensions.append(extension_for(spec.probe))
     with Store(spec.store_dir) as store:
         trace_to_store(store, spec.script, spec.args, TraceConfig(**spec.config), seed_offset=spec.seed_offset,
                        listeners=listeners, extensions=extensions, run_id=spec.run_id, interrupts=interrupts)

@@ -23,6 +23,7 @@ class RunSpec:
     static: bool = False             # run the static phase (infer and check do)
     fail_on: Optional[str] = None    # --fail-fast: stop at the first violation at this severity ...
     invariants: Optional[str] = None  # ... of the invariants in this JSON file
+    probe: Optional[Dict[str, Any]] = None  # an active probe to attach (invariants/app/probes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -82,10 +82,11 @@ class ChildEnding:
 def traced_run(store_dir: str, script: str, args: Sequence[str], settings: Mapping[str, Any], *,
                label: Optional[str] = None, seed_offset: int = 0, static: bool = False,
                fail_on: Optional[str] = None, invariants: Optional[InvariantSet] = None,
-               timeout: Optional[float] = None) -> RunResult:
+               timeout: Optional[float] = None, probe: Optional[Dict[str, Any]] = None) -> RunResult:
     """Runs the script once, traced in a child process with `settings` (TraceConfig's
     fields), and returns the run as recorded; `static`: with the static phase; `fail_on`
-    and `invariants`: --fail-fast, checked online in the child. Raises what the child
+    and `invariants`: --fail-fast, checked online in the child; `probe`: an active probe
+    attached (invariants/app/probes), its result among the run's facts. Raises what the child
     reported about invar itself (StoreUnwritable for a full disk, ...)."""
     path = check_script(script)
     store_path = Path(store_dir).resolve()  # the script may chdir: the child gets absolute paths
@@ -98,7 +99,7 @@ def traced_run(store_dir: str, script: str, args: Sequence[str], settings: Mappi
             invfile.dump(invariants, checked, "json")
         spec = RunSpec(script=str(path), store_dir=str(store_path), run_id=run_id, config=dict(settings),
                        args=list(args), seed_offset=seed_offset, static=static, fail_on=fail_on,
-                       invariants=checked)
+                       invariants=checked, probe=probe)
         ending = supervise(spec, timeout)
     failure = ending.error()
     try:
