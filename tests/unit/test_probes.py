@@ -43,9 +43,9 @@ def test_verdicts(configured, verdict):
 
 def test_too_few_points_or_no_descent_is_unknown():
     assert lrmod.analyse(sweep()[:3], 0.1).verdict == "unknown"
-    flat = [(lr, 2.0 + 0.01 * i) for i, (lr, _) in enumerate(sweep())]
+    flat = [(lr, 2.0 + 0.01 * (-1) ** i) for i, (lr, _) in enumerate(sweep())]
     rep = lrmod.analyse(flat, 0.1)
-    assert rep.verdict == "unknown" and "never fell" in rep.reason
+    assert rep.verdict == "unknown" and "did not fall" in rep.reason
 
 
 def test_non_finite_loss_is_divergence():
@@ -172,3 +172,16 @@ def test_text_reports_read_at_a_glance():
     text = render.robustness_text("train.py", result(drop=0.3), render.findings(result(drop=0.3), 0.1, None), 0.1)
     assert "FAIL" in text and text.rstrip().endswith("verdict: fail")
     assert render.exit_for_lr("ok") == 0 and render.exit_for_lr("too_low") == 1 and render.exit_for_lr("unknown") == 7
+
+
+def test_reference_from_an_invariant_file(tmp_path):
+    from invariants import invfile
+    from invariants.model import Invariant, InvariantSet, Support, When
+    inv = Invariant(id="range:act.fc.1.dead_fraction@train", template="range", target=("act.fc.1.dead_fraction",),
+                    expect={"min": 0.0, "max": 0.25}, when=When("train", (0, None)), severity="error",
+                    status="accepted", support=Support(0, 0, None), why="")
+    path = tmp_path / "inv.yaml"
+    invfile.dump(InvariantSet(schema=1, invariants=(inv,)), str(path), "yaml")
+    ref = render.load_reference(str(path))
+    assert ref["dead_units"] == {"fc.1": 0.25} and ref["margin"] == 0.0
+    assert render.findings(result(dead=0.3), 0.1, ref) == ["fc.1: 30% of its units are dead, the reference's 25%"]

@@ -152,7 +152,8 @@ class RobustnessProbe(Extension):
         root = session.root
         labelled = [b for b in self.batches if b.labels is not None] or _labels_from_loader(self.batches, self._loader)
         if root is None:
-            self.result = {"error": "the script never called a model the tracer could take for the trained one"}
+            self.result = {"error": "the script never called a model the tracer could take for the trained one "
+                                    "(a training in processes the script spawns is not seen)"}
             return
         if not labelled:
             self.result = {"error": "no evaluation pass was seen after training: the script must evaluate its model "

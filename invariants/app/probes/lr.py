@@ -29,6 +29,7 @@ SMOOTH_DECADES = 0.25  # half-width (in decades of lr) of the centred smoother o
 TOO_HIGH_FACTOR = math.sqrt(10)  # configured within half a decade of divergence: too high
 TOO_LOW_FACTOR = 100.0           # two decades below the steepest descent: too low
 SLOPE_DECADES = 0.5              # the baseline of a slope of the smoothed curve
+NOISE_SIGMAS = 3.0               # a fall or rise of the smoothed loss this many noise levels is real
 REGION_SLOPE = 0.5               # the region: where the descent is at least half the steepest
 
 
@@ -221,10 +222,21 @@ def analyse(curve: Sequence[Tuple[float, float]], configured: Optional[float],
     finite = [i for i, v in enumerate(s) if math.isfinite(v)]
     start = s[finite[0]]
     i_min = min(finite, key=lambda i: s[i])
-    # divergence: past the minimum, the first rate whose (smoothed or raw) loss is worse than
-    # the loss the sweep started from, or not finite; else where the run was stopped for it
+    sigma = _noise(curve, s)
+    # divergence: past the minimum, the first rate whose smoothed loss is clearly (NOISE_SIGMAS
+    # noise levels) worse than the loss the sweep started from, or not finite; else where the
+    # run was stopped for it
     diverge = next((lrs[i] for i in range(i_min + 1, len(curve))
-                    if not math.isfinite(curve[i][1]) or not math.isfinite(s[i]) or s[i] > start), stopped_at)
+                    if not math.isfinite(curve[i][1]) or not math.isfinite(s[i])
+                    or s[i] > start + NOISE_SIGMAS * sigma), stopped_at)
+    if start - s[i_min] <= NOISE_SIGMAS * sigma:
+        notes.append(f"the smoothed loss fell by {start - s[i_min]:.3g}, within {NOISE_SIGMAS:g}x the noise of "
+                     f"single losses ({sigma:.3g}): the sweep is too short to see this script learn (raise --steps)")
+        if configured and diverge is not None and configured >= diverge / TOO_HIGH_FACTOR:
+            return LRReport(configured, None, diverge, *_verdict(configured, math.nan, (math.nan, math.nan), diverge),
+                            curve, list(zip(lrs, s)), notes=notes)
+        return LRReport(configured, None, diverge, "unknown", "the loss did not fall clearly during the sweep",
+                        curve, list(zip(lrs, s)), notes=notes)
     # the slope of the smoothed loss per decade over SLOPE_DECADES (one noisy step cannot make
     # a steep slope), up to the minimum
     slopes: List[Tuple[float, float]] = []
@@ -244,6 +256,14 @@ def analyse(curve: Sequence[Tuple[float, float]], configured: Optional[float],
         notes.append(f"the loss did not diverge up to lr {lrs[-1]:.3g}: raise --max or --steps to find where it does")
     verdict, reason = _verdict(configured, steepest[0], region, diverge)
     return LRReport(configured, steepest[0], diverge, verdict, reason, curve, list(zip(lrs, s)), region, notes)
+
+
+def _noise(curve: Sequence[Tuple[float, float]], s: Sequence[float]) -> float:
+    """The noise of single losses: the robust spread (median absolute deviation, scaled to a
+    standard deviation) of the losses around the smoothed curve (the median ignores the few
+    large deviations where the loss turns)."""
+    res = sorted(abs(l - v) for (_, l), v in zip(curve, s) if math.isfinite(l) and math.isfinite(v))
+    return 1.4826 * res[len(res) // 2] if len(res) >= MIN_POINTS else 0.0
 
 
 def _verdict(configured: Optional[float], steepest: float, region: Tuple[float, float],
