@@ -98,6 +98,7 @@ def main(argv: Sequence[str] = ()) -> None:
     ap.add_argument("--dir", default=None, help="Work directory [default: a temporary one].")
     a = ap.parse_args(list(argv) or None)
     work = Path(a.dir or tempfile.mkdtemp(prefix="invar-nodes-"))
+    work.mkdir(parents=True, exist_ok=True)
     ref = str(CASE / "reference.py")
     learn = ["--runs", str(a.runs), "--steps", str(a.steps)]
     r = _invar("infer", "--nproc-per-node", "2", ref, *learn, "-o", str(work / "one.yaml"), "--store",

@@ -10,7 +10,10 @@ for as long as rank 0 runs; otherwise rank 0 hosts it (multi-tenant: the script'
 when it is still up). Under a prefix of the launch's id the ranks first answer a roll call
 there, rank 0 publishes who answered, and only those ranks build a gloo group (CPU, the
 same on NCCL jobs) in which each sends its blob to rank 0. A rank that died never answers
-the roll call: rank 0 waits for it a bounded time and names it, it never hangs.
+the roll call: rank 0 waits for it a bounded time and names it, it never hangs. A rank
+whose own run failed does not wait for the others: its peers may be blocked in one of the
+script's collectives with it until its process ends, so it leaves its blob in the store
+(where rank 0 picks it up) and exits.
 """
 from __future__ import annotations
 
@@ -86,8 +89,17 @@ def gather_to_rank0(key: str, rank: int, world_size: int, blob: bytes, *, wait_s
         out.received[0], out.sent = blob, True
         return out
     store = dist.PrefixStore(f"invar-gather/{key}/", _job_store(rank, wait_s + 60.0))
-    store.set(f"ready/{rank}", str(len(blob)))
+    # A rank whose run failed leaves its blob in the store and goes: its peers may be blocked
+    # in one of the script's collectives with it until its process ends.
+    deposit = failed and rank != 0
+    if deposit:
+        store.set(f"blob/{rank}", blob)
+    store.set(f"ready/{rank}", json.dumps([len(blob), deposit]))
+    if deposit:
+        out.sent, out.seconds = True, time.monotonic() - start
+        return out
     if rank == 0:
+        out.received[0] = blob
         members = _roll_call(store, world_size, wait_s, out)
         store.set("members", json.dumps(members))
     else:
@@ -97,10 +109,12 @@ def gather_to_rank0(key: str, rank: int, world_size: int, blob: bytes, *, wait_s
             out.seconds = time.monotonic() - start
             return out  # too late: rank 0 named this rank and went on without it
     ranks = [m for m, _ in members]
+    if len(ranks) == 1:  # nobody else to hear from over a group
+        out.sent, out.seconds = True, time.monotonic() - start
+        return out
     group = dist.ProcessGroupGloo(dist.PrefixStore("group/", store), ranks.index(rank), len(ranks),
                                   timedelta(seconds=wait_s + 30.0))
     if rank == 0:
-        out.received[0] = blob
         for i, (member, size) in enumerate(members[1:], start=1):
             buf = torch.empty(size, dtype=torch.uint8)
             try:
@@ -117,14 +131,19 @@ def gather_to_rank0(key: str, rank: int, world_size: int, blob: bytes, *, wait_s
 
 
 def _roll_call(store, world_size: int, wait_s: float, out: Gathered) -> List[List[int]]:
-    """Rank 0: [[rank, blob size]] of the ranks that answered by the deadline (itself first)."""
+    """Rank 0: [[rank, blob size]] of the ranks that answered by the deadline and wait to
+    send (itself first); the blobs that failed ranks left in the store go to `out`."""
     deadline = time.monotonic() + wait_s
     waiting = set(range(1, world_size))
-    answered: Dict[int, int] = {0: int(store.get("ready/0"))}
+    answered: Dict[int, int] = {0: int(json.loads(store.get("ready/0"))[0])}
     while waiting and time.monotonic() < deadline:
         for r in sorted(waiting):
             if store.check([f"ready/{r}"]):
-                answered[r] = int(store.get(f"ready/{r}"))
+                size, deposited = json.loads(store.get(f"ready/{r}"))
+                if deposited:
+                    out.received[r] = bytes(store.get(f"blob/{r}"))
+                else:
+                    answered[r] = int(size)
                 waiting.discard(r)
         if waiting:
             time.sleep(POLL_S)

@@ -6,6 +6,9 @@ learned, the same verdicts on a bug and an ok variant, and every rank's observat
 rank 0's store (tests/unit/test_distributed_nodes.py covers the pieces in process)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -14,7 +17,7 @@ import pytest
 from benchmarks.ddp_nodes import two_nodes, verdict
 from invariants import invfile
 from invariants.app.store import Store
-from tests.conftest import ROOT, run_invar
+from tests.conftest import ROOT, SCRIPTS, run_invar
 from tests.e2e import test_distributed as one_node
 
 CASE = ROOT / "corpus" / "ddp_mlp"
@@ -63,3 +66,22 @@ def test_two_nodes_check_reports_what_one_node_reports(nodes_learned: Path, tmp_
     rank0 = max(counts, key=len)
     other = min(counts, key=len)
     assert len(rank0) == 2 and len(other) == 1 and all(rank0[k] == v for k, v in other.items())
+
+
+@pytest.mark.slow
+def test_a_restarted_attempt_is_kept_apart_from_the_failed_one(tmp_path: Path) -> None:
+    # One node, gathering forced: attempt 0 fails on rank 1, torchrun restarts, attempt 1 runs clean.
+    # Without a store per attempt, torch 2.13's restarted gloo group reads the failed attempt's
+    # keys in torchrun's shared store and cannot connect (a plain script fails the same way).
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", INVAR_GATHER="1",
+               TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1", "-m", "invariants.cli", "trace", "--steps", "12", "--store", str(tmp_path / "s"),
+           str(SCRIPTS / "ddp_restart.py")]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = run_invar("merge", str(tmp_path / "s"), "--store", str(tmp_path / "merged"))
+    assert m.returncode == 0, m.stderr
+    first, second = m.stdout.splitlines()
+    assert "trace  attempt 0  2 ranks  2 runs  FAILED: rank 1 crashed at step 5" in first
+    assert second.endswith("trace  attempt 1  2 ranks  2 runs  complete")

@@ -129,7 +129,8 @@ def test_failure_names_a_rank_rank_0_heard_nothing_from(tmp_path: Path) -> None:
         _run(s, 0, "g")
         runs = group_runs(s, "g")
     why = failure(runs, 2, unreached={1: "it did not reach the gather within 20 s"})
-    assert why and why.startswith("rank 1 sent no trace to rank 0: it did not reach the gather") and "invar merge" in why
+    assert why and why.startswith("rank 1 sent no trace to rank 0: it did not reach the gather")
+    assert "invar merge" in why
 
 
 def test_merge_copies_node_stores_and_keeps_attempts_apart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -150,3 +151,16 @@ def test_merge_copies_node_stores_and_keeps_attempts_apart(tmp_path: Path, capsy
 def test_merge_refuses_a_directory_without_a_store(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="holds no store"):  # exit 2
         merge_command.main([str(tmp_path / "nothing"), "--store", str(tmp_path / "all")], standalone_mode=False)
+
+
+def test_a_failed_rank_leaves_its_blob_and_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    got: Dict[int, object] = {}
+    zero = threading.Thread(target=lambda: got.setdefault(0, gather_to_rank0("job-2", 0, 2, b"zero", wait_s=20)))
+    zero.start()
+    failed = gather_to_rank0("job-2", 1, 2, b"one", wait_s=20, failed=True)  # returns before rank 0 reads it
+    assert failed.sent
+    zero.join(60)
+    assert got[0].received == {0: b"zero", 1: b"one"} and not got[0].missing

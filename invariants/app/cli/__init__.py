@@ -12,7 +12,7 @@ from typing import List, Optional
 import click
 
 from invariants import __version__
-from invariants.app.cli import corpus, files, probe, report, run, shapes, stored
+from invariants.app.cli import corpus, distributed, files, probe, report, run, shapes, stored
 from invariants.app.cli.common import EXIT_HELP, Exit, err, exit_code
 from invariants.errors import InvarError
 
@@ -29,7 +29,8 @@ def cli() -> None:
 
 
 for _command in (run.trace, stored.runs, stored.show, stored.sets, run.infer, run.check, files.export,
-                 files.diff, shapes.shapes, probe.probe, corpus.eval_, corpus.bench, corpus.demo, report.report):
+                 files.diff, shapes.shapes, probe.probe, corpus.eval_, corpus.bench, corpus.demo, report.report,
+                 distributed.merge):
     cli.add_command(_command)
 
 

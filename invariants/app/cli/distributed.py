@@ -105,7 +105,7 @@ def trace(ctx: click.Context) -> None:
     res = ranks.trace_rank(p["store_dir"], p["script"], p["script_args"], cfg, info, label=p["label"] or "trace")
     if not ranks.launched_by_invar():
         click.echo(f"[rank {info.rank}/{info.world_size}] " + run_summary(res))
-    _gather(info, p["store_dir"], [res.run_id] if res.run_id else [], failed=res.crashed)
+    _gather(info, p["store_dir"], [res.run_id] if res.run_id else [], failed=res.crashed or res.status == "terminated")
     if res.crashed:
         print_crash(res)
         sys.exit(Exit.PIPELINE_CRASHED)
@@ -204,7 +204,8 @@ def check(ctx: click.Context, invariants: Any) -> None:
     if res.crashed:
         print_crash(res)
     code = Exit.PIPELINE_CRASHED if res.crashed else Exit.OK
-    gathered = _gather(info, p["store_dir"], [res.run_id] if res.run_id else [], failed=res.crashed)
+    gathered = _gather(info, p["store_dir"], [res.run_id] if res.run_id else [],
+                       failed=res.crashed or res.status == "terminated")
     if ranks.launched_by_invar():
         sys.exit(code)
     if info.rank != 0:
