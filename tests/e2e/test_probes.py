@@ -96,3 +96,22 @@ def test_probe_usage_errors(store, tmp_path):
         res = run_invar("probe", *args, "--store", str(store))
         assert res.returncode == 2, (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_html_pages_and_no_file_of_the_script_changed(store, tmp_path):
+    pytest.importorskip("matplotlib", reason="--format html needs the report extra")
+    import shutil
+    folder = tmp_path / "project"
+    folder.mkdir()
+    script = folder / "train.py"
+    shutil.copy(BRIGHTNESS, script)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for kind, extra in (("lr", ["--steps", "30"]), ("robustness", ["--shift", "brightness=0.5"])):
+        page = tmp_path / f"{kind}.html"
+        res = run_invar("probe", kind, "--store", str(store), "--format", "html", "-o", str(page), *extra,
+                        str(script), "--", "--epochs", "2", cwd=folder)
+        assert res.returncode in (0, 1, 7), res.stderr[-3000:]
+        text = page.read_text()
+        assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<script" not in text
+        assert ("learning rate" in text) if kind == "lr" else ("brightness=0.5" in text)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the script's folder untouched
