@@ -110,6 +110,7 @@ class RobustnessProbe(Extension):
         self.seed = seed
         self.batches: List[EvalBatch] = []
         self.samples = 0
+        self.skipped = 0  # evaluation calls of the pass beyond MAX_EVAL_SAMPLES
         self._pass_step: Optional[int] = None
         self._loader: Any = None
         self._train = ChannelMoments()
@@ -130,8 +131,9 @@ class RobustnessProbe(Extension):
         if root.training or grad:
             return  # a train-mode forward without gradients, or the reverse: not an evaluation
         if self._pass_step != session.step:  # the first evaluation call after more training
-            self._pass_step, self.batches, self.samples = session.step, [], 0
+            self._pass_step, self.batches, self.samples, self.skipped = session.step, [], 0, 0
         if self.samples >= MAX_EVAL_SAMPLES:
+            self.skipped += 1
             return
         batch = EvalBatch(_detached(tuple(args)), _detached(dict(kwargs)), where)
         x = batch.input()
@@ -157,8 +159,9 @@ class RobustnessProbe(Extension):
             return
         if not labelled:
             self.result = {"error": "no evaluation pass was seen after training: the script must evaluate its model "
-                                    "(model.eval(), torch.no_grad(), a loss on the scores and labels) before it "
-                                    "ends or before --steps stops it; give --steps 0 to run it to its end"}
+                                    "(model.eval(), torch.no_grad(), and a loss on the scores and labels or a loader in a "
+                                    "fixed order) before it ends or before --steps stops it; give --steps 0 to run "
+                                    "it to its end"}
             return
         was_training = root.training
         root.eval()
@@ -166,6 +169,10 @@ class RobustnessProbe(Extension):
             with torch.no_grad():
                 self.result = Evaluation(root, labelled, self._loader, self.seed).run(
                     self.shifts, self._train if self._train_calls else None, self._train_samples, self._pass_step)
+            if self.skipped:
+                self.result["notes"].append(f"the pass's first {self.samples} samples were evaluated; its "
+                                            f"{self.skipped} later call(s) were not kept (at most "
+                                            f"{MAX_EVAL_SAMPLES} samples)")
         except ValueError as e:  # what the probe cannot do with this script, said in its words
             self.result = {"error": str(e)}
         finally:
