@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,16 +42,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(d: Path, verb: str, *args: str, timeout: float = 240) -> Tuple[int, str, str, str]:
+def two_nodes(d: Path, verb: str, *args: str, timeout: float = 240,
+              env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str, str]:
     """`torchrun --nnodes 2 ... -m invariants.cli VERB --store d/nodeN ARGS` once per node, one
-    rank each; (rank 0's exit status, its stdout, its stderr, the other node's stderr).
+    rank each; (the exit status of rank 0's torchrun, rank 0's stdout, its node's stderr, the
+    other node's stderr). torchrun exits 0, or 1 when a rank of its node exited non-zero
+    (rank 0's own status is in the stderr: `(exitcode: 3) local_rank: 0`).
 
     Node 0 hosts the rendezvous (is_host): on one machine both nodes match the endpoint,
     and when the other node hosted it, that node's torchrun agent would wait out its exit
     barrier (300 s) after rank 0's exit 1, which torchrun counts as a failed worker.
-    TimeoutError (with both nodes' stderr) when the launch does not end in `timeout` s."""
+    `env`: more environment variables. TimeoutError (with both nodes' stderr) when the
+    launch does not end in `timeout` s."""
     port, job = _free_port(), "job-" + uuid.uuid4().hex[:8]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
     procs = []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),

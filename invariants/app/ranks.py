@@ -6,7 +6,9 @@ Two ways in, one path. `invar check --nproc-per-node N SCRIPT ...` launches
 and merges once torchrun returns. The per-rank command also works under a torchrun the
 user starts; rank 0 then waits for the other ranks' runs to end and merges. Merging reads
 the store, not the ranks' processes: a rank that was killed still left its trace up to
-its last observed step, and the merge names it.
+its last observed step, and the merge names it. On several nodes each node has its own
+store: the ranks first send their runs to rank 0's store (merge.gather_runs), and the
+merge reads that one; `invar merge` copies node stores together offline.
 """
 from __future__ import annotations
 

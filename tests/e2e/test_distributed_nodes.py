@@ -7,6 +7,7 @@ rank 0's store (tests/unit/test_distributed_nodes.py covers the pieces in proces
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,11 @@ def test_two_nodes_check_reports_what_one_node_reports(nodes_learned: Path, tmp_
     r = run_invar("check", str(CASE / script), "--against", against, "--store", str(tmp_path / "one"),
                   "--format", "json")
     one = verdict(r.returncode, r.stdout)
-    two = verdict(*two_nodes(tmp_path, "check", str(CASE / script), "--against", against, "--format", "json")[:2])
+    code2, out, err, _ = two_nodes(tmp_path, "check", str(CASE / script), "--against", against, "--format", "json")
+    two = verdict(code2, out)
     assert one == two and one["exit"] == code, (one, two)
+    gathered = re.search(r"gathered 1 run\(s\) from 1 other rank\(s\) in ([\d.]+) s", err)
+    assert gathered and float(gathered.group(1)) < 1.0, err  # the gather adds under 1 s
     # Nothing is lost: the other node's runs are in rank 0's store, every observation.
     stores = sorted(tmp_path.glob("node*"))
     with Store(stores[0]) as a, Store(stores[1]) as b:
@@ -66,6 +70,19 @@ def test_two_nodes_check_reports_what_one_node_reports(nodes_learned: Path, tmp_
     rank0 = max(counts, key=len)
     other = min(counts, key=len)
     assert len(rank0) == 2 and len(other) == 1 and all(rank0[k] == v for k, v in other.items())
+
+
+@pytest.mark.slow
+def test_a_killed_rank_on_the_other_node_is_named_and_merge_recovers_its_trace(nodes_learned: Path,
+                                                                              tmp_path: Path) -> None:
+    code, out, err, _ = two_nodes(tmp_path, "check", str(SCRIPTS / "ddp_faults.py"), "--against",
+                                  str(nodes_learned / "two.yaml"), "--steps", "20", "--", "--fail-rank", "1",
+                                  "--fail-at", "7", "--how", "kill", env={"INVAR_GATHER_WAIT": "5"})
+    assert code != 0 and "(exitcode: 3) local_rank: 0" in err, err  # torchrun reports rank 0's exit 3
+    assert "rank 1 sent no trace to rank 0: it did not reach the gather within 5 s" in err
+    m = run_invar("merge", str(tmp_path / "node0"), str(tmp_path / "node1"), "--store", str(tmp_path / "all"))
+    assert m.returncode == 0, m.stderr
+    assert "FAILED: rank 1 was killed (its run never ended; its last observation is at step 5)" in m.stdout
 
 
 @pytest.mark.slow
