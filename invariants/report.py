@@ -166,14 +166,8 @@ def render_text(r: CheckReport) -> str:
         out.append(f"  {r.failure}")
     if r.coverage_warning:
         out.append(f"  WARNING: {r.coverage_warning}")
-    if r.unobserved:
-        out += ["", "Not observed" + (" (the verdict is incomplete)" if r.incomplete else " (accepted)")]
-        for i, u in enumerate(r.unobserved, 1):
-            out.append(f"  {i}. [{'incomplete' if r.incomplete else 'accepted'}] {u.family}"
-                       + (f" @ {', '.join(u.loci[:6])}" if u.loci else ""))
-            out.append(f"     {u.summary}")
-        out.append(f"     why and what to do: {r.unobserved[0].hint}")
-    if not r.causes:
+    if not r.causes:  # the unobserved groups are the verdict: they come first
+        out += _unobserved_lines(r)
         out += _unchecked_lines(r)
     for note in r.notes:
         out.append(f"  note: {note}")
@@ -201,12 +195,29 @@ def render_text(r: CheckReport) -> str:
                            f" observed {v.observed}, expected {v.expected}{more}  ({v.id}){why}")
             if len(c.violations) > 12:
                 out.append(f"  ... {len(c.violations) - 12} more for {c.family}")
+        # after the causes: often their consequence (a block left out of the optimizer has no lr)
+        out += _unobserved_lines(r)
         unchecked = _unchecked_lines(r)
-        if unchecked:  # after the causes: often their consequence (a frozen block has no gradients)
+        if unchecked:
             out += ["", "Not checked"] + unchecked
     elif not r.crash and not r.nothing_checked:
         out.append("  no invariant violated")
     return "\n".join(out)
+
+
+def _unobserved_lines(r: CheckReport) -> List[str]:
+    """The groups of error-level invariants the run never showed, each with its blocks."""
+    if not r.unobserved:
+        return []
+    state = "incomplete" if r.incomplete else "accepted"
+    title = {"incomplete": " (the verdict is incomplete)" if not r.causes else " (the check is also incomplete)",
+             "accepted": " (accepted)"}[state]
+    out = ["", "Not observed" + title]
+    for i, u in enumerate(r.unobserved, 1):
+        out.append(f"  {i}. [{state}] {u.family}" + (f" @ {', '.join(u.loci[:6])}" if u.loci else ""))
+        out.append(f"     {u.summary}")
+    out.append(f"     why and what to do: {r.unobserved[0].hint}")
+    return out
 
 
 def _unchecked_lines(r: CheckReport) -> List[str]:

@@ -90,3 +90,22 @@ def test_a_check_that_could_not_observe_error_level_invariants_is_incomplete() -
     assert 'type="incomplete"' in RENDERERS["junit"](r)
     r.allow_unchecked = True
     assert r.verdict == "ok" and "Not observed (accepted)" in RENDERERS["text"](r)
+
+
+def test_a_failed_check_puts_its_root_causes_before_what_it_could_not_observe() -> None:
+    from invariants.coverage import unchecked
+    invs = small_set()
+    checker = Checker(invs)
+    rows = [r for r in reference_run(1, **{"block.fc.trainable_fraction": lambda s: 0.0})
+            if r.variable != "block.fc.no_grad_fraction"]
+    checker.feed(rows)
+    violations = sorted(checker.violations.values(), key=lambda v: (v.step, v.id))
+    r = CheckReport(script="bug.py", against="inv.yaml", run_id="r1", run_status="budget", steps=12,
+                    invariants_total=len(invs.invariants), invariants_checked=len(checker.checked),
+                    invariants_disabled=0, violations=violations, causes=explain(violations), seconds=1.0,
+                    active_errors=20)
+    r.unchecked = unchecked(invs, checker.checked, {(x.phase, x.variable): (0, 11) for x in rows})
+    text = RENDERERS["text"](r)
+    assert r.verdict == "FAILED" and r.unobserved, text
+    # the verdict is the failure: its cause first, what was not observed after the evidence
+    assert text.index("Root causes") < text.index("Evidence") < text.index("Not observed (the check is also")
