@@ -210,9 +210,9 @@ def _unobserved_lines(r: CheckReport) -> List[str]:
     if not r.unobserved:
         return []
     state = "incomplete" if r.incomplete else "accepted"
-    title = {"incomplete": " (the verdict is incomplete)" if not r.causes else " (the check is also incomplete)",
-             "accepted": " (accepted)"}[state]
-    out = ["", "Not observed" + title]
+    title = "accepted" if not r.incomplete else "the check is also incomplete" if r.causes \
+        else "the verdict is incomplete"
+    out = ["", f"Not observed ({title})"]
     for i, u in enumerate(r.unobserved, 1):
         out.append(f"  {i}. [{state}] {u.family}" + (f" @ {', '.join(u.loci[:6])}" if u.loci else ""))
         out.append(f"     {u.summary}")

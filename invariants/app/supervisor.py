@@ -14,7 +14,8 @@ What the supervisor does around each run:
 * sends the script's output where this process's `sys.stdout`/`sys.stderr` point now (their
   file descriptor, or through a pipe when they have none, e.g. an `io.StringIO`);
 * records the ending the child could not (killed by a signal, ended without a word) and
-  reads the run back (`stored_result`). No torch is loaded here.
+  reads the run back (`stored_result`). Torch is loaded here only to fork from
+  (`warm_up`); this process never runs a tensor op.
 """
 from __future__ import annotations
 
